@@ -1,0 +1,66 @@
+// layernorm.h: torch-free interface of the LayerNorm kernels in layernorm.cu.
+//
+// The launchers exist twice in the library, as nk_cuda:: (nvcc, GPU) and nk_cpu:: (the same
+// source through the CPU harness); csrc/ops.cpp picks one by the tensors' device.
+#pragma once
+
+#include <cstdint>
+
+namespace nk {
+
+enum class DType : int { f32 = 0, f16 = 1, bf16 = 2 };
+
+// y = layer_norm(x) or, with a residual, s = x + residual and y = layer_norm(s).
+// Rows are `cols` contiguous elements `*_row_stride` elements apart.
+struct LayerNormFwdParams {
+  const void* x;
+  int64_t x_row_stride;
+  const void* residual;  // nullable
+  int64_t residual_row_stride;
+  const void* weight;    // [cols]
+  const void* bias;      // [cols], nullable
+  void* y;               // [rows, cols] contiguous
+  void* s;               // [rows, cols] contiguous; written iff residual != nullptr
+  float* mean;           // [rows]
+  float* rstd;           // [rows]
+  int64_t rows;
+  int64_t cols;
+  float eps;
+  DType dtype;
+};
+
+struct LayerNormBwdParams {
+  const void* dy;
+  int64_t dy_row_stride;
+  const void* xs;        // the normalised input: x, or s when a residual was fused
+  int64_t xs_row_stride;
+  const void* ds;        // nullable: gradient of s, added into dx
+  int64_t ds_row_stride;
+  const void* weight;
+  const float* mean;
+  const float* rstd;
+  void* dx;              // [rows, cols] contiguous
+  void* dweight;         // [cols]
+  void* dbias;           // [cols], nullable
+  float* workspace;      // layernorm_bwd_workspace_floats(...) floats
+  int64_t rows;
+  int64_t cols;
+  int sm_count;          // sizes the deterministic two-stage reduction of dweight/dbias
+  DType dtype;
+};
+
+// The hidden sizes the kernels accept (the torch layer checks this).
+constexpr int64_t kLayerNormMaxCols = 65536;
+
+}  // namespace nk
+
+#define NK_DECLARE_LAYERNORM_LAUNCHERS(ns)                                                  \
+  namespace ns {                                                                            \
+  /* Each returns nullptr on success, else the CUDA error string of the failed launch. */  \
+  const char* layernorm_forward(const nk::LayerNormFwdParams& p, void* stream);             \
+  const char* layernorm_backward(const nk::LayerNormBwdParams& p, void* stream);            \
+  int64_t layernorm_bwd_workspace_floats(int64_t rows, int64_t cols, int sm_count);         \
+  }
+
+NK_DECLARE_LAYERNORM_LAUNCHERS(nk_cuda)
+NK_DECLARE_LAYERNORM_LAUNCHERS(nk_cpu)

@@ -1,0 +1,76 @@
+// nk_runtime.cuh: what every kernel file includes, for nvcc and for the CPU harness alike.
+//
+// Kernel files include this instead of cuda_runtime.h. Under nvcc it is CUDA itself; under
+// a host compiler it pulls in the CPU execution harness (harness/cuda_cpu.h). The few CUDA
+// constructs with no host C++ spelling go through the macros below.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#ifdef __CUDACC__
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#define NK_DYNAMIC_SHARED(type, name) extern __shared__ __align__(16) type name[]
+#else
+#include "harness/cuda_cpu.h"
+#define NK_DYNAMIC_SHARED(type, name) type* name = static_cast<type*>(nk_dynamic_shared())
+#endif
+
+// The namespace kernels and launchers live in: each .cu is compiled twice into one library,
+// once by nvcc and once for the harness (csrc/cpu/), and the two copies must not collide.
+#ifndef NK_NS
+#ifdef __CUDACC__
+#define NK_NS nk_cuda
+#else
+#define NK_NS nk_cpu
+#endif
+#endif
+
+namespace NK_NS {
+
+// kernel<<<grid, block, smem, stream>>>(args...), returning the launch error.
+template <typename... KArgs, typename... Args>
+inline cudaError_t launch_kernel(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                                 cudaStream_t stream, Args... args) {
+#ifdef __CUDACC__
+  kernel<<<grid, block, smem, stream>>>(args...);
+#else
+  (void)stream;
+  nk_harness::launch(kernel, grid, block, smem, args...);
+#endif
+  return cudaGetLastError();
+}
+
+// float <-> storage type conversions, overloaded so templated kernels read and write any of
+// float, __half, __nv_bfloat16 with one spelling. Rounding is to nearest even everywhere.
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// Sixteen bytes of T, moved with one 128-bit load or store.
+template <typename T>
+struct alignas(16) Pack16 {
+  static constexpr int N = 16 / sizeof(T);
+  T v[N];
+};
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+}  // namespace NK_NS

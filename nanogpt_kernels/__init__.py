@@ -1,0 +1,12 @@
+"""nanogpt_kernels: fused CUDA C++ and Triton kernels for GPT-style language models.
+
+Importing this package compiles nothing and queries no GPU; the compiled extension is loaded
+(and its ops registered) on first use of the "cuda" backend."""
+from nanogpt_kernels import nn
+from nanogpt_kernels._backend import BACKENDS, BackendUnavailableError, available_backends
+from nanogpt_kernels.ops.layernorm import add_layer_norm, layer_norm
+
+__version__ = "0.1.0"
+
+__all__ = ["BACKENDS", "BackendUnavailableError", "available_backends", "layer_norm", "add_layer_norm", "nn",
+           "__version__"]

@@ -1,0 +1,104 @@
+"""Backend selection: which implementation of an op runs for a given call.
+
+Three backends exist for every op:
+  "eager"  composite PyTorch, the reference;
+  "triton" our Triton kernels (on CPU tensors they run in Triton's interpreter);
+  "cuda"   our hand-written CUDA C++ (on CPU tensors the same source runs through
+           the CPU execution harness in csrc/harness/).
+Nothing here queries CUDA or compiles anything at import time.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+BACKENDS = ("eager", "triton", "cuda")
+ENV_VAR = "NANOGPT_KERNELS_BACKEND"
+
+
+class BackendUnavailableError(RuntimeError):
+    """Raised when a requested backend cannot run in this install or on this device."""
+
+
+@functools.lru_cache(maxsize=None)
+def _extension():
+    """The compiled extension module, or the ImportError explaining why it is missing."""
+    try:
+        from nanogpt_kernels import _C  # noqa: F401  (importing registers the C++ ops)
+    except ImportError as e:
+        return e
+    return _C
+
+
+def extension_error() -> str | None:
+    ext = _extension()
+    return str(ext) if isinstance(ext, ImportError) else None
+
+
+def cuda_built() -> bool:
+    """True when the extension was compiled with nvcc (its GPU kernels exist)."""
+    ext = _extension()
+    return not isinstance(ext, ImportError) and bool(ext.WITH_CUDA)
+
+
+@functools.lru_cache(maxsize=None)
+def triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _why_unavailable(backend: str, device: torch.device) -> str | None:
+    """None when `backend` can run on `device`, else a sentence saying why not and what to do."""
+    if backend == "eager":
+        return None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "no CUDA GPU is visible to torch (torch.cuda.is_available() is False)."
+    if backend == "triton":
+        if not triton_installed():
+            return "Triton is not installed; `pip install triton` (it comes with CUDA builds of torch)."
+        if device.type not in ("cuda", "cpu"):
+            return f"Triton kernels run on CUDA tensors (or CPU tensors in the interpreter), got {device}."
+        return None
+    if backend == "cuda":
+        err = extension_error()
+        if err is not None:
+            return ("the compiled extension nanogpt_kernels._C failed to import "
+                    f"({err}); reinstall with `pip install --no-build-isolation -e .`.")
+        if device.type == "cuda" and not cuda_built():
+            return ("the extension was built without CUDA kernels (no nvcc or a CPU build of torch at "
+                    "install time, or NANOGPT_KERNELS_SKIP_CUDA was set); reinstall with CUDA_HOME "
+                    "pointing at a CUDA toolkit and a CUDA build of torch.")
+        if device.type not in ("cuda", "cpu"):
+            return f"CUDA kernels run on CUDA tensors (or CPU tensors through the harness), got {device}."
+        return None
+    raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
+
+
+def available_backends(device: str | torch.device | None = None) -> list[str]:
+    """Backends this install can run on `device` (default: CUDA if a GPU is visible, else CPU)."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    return [b for b in BACKENDS if _why_unavailable(b, device) is None]
+
+
+def resolve_backend(backend: str | None, device: torch.device) -> str:
+    """The backend one call runs on: explicit argument, then $NANOGPT_KERNELS_BACKEND, then the
+    best available (cuda > triton > eager on CUDA tensors; eager on CPU tensors)."""
+    if backend is None:
+        backend = os.environ.get(ENV_VAR) or None
+        if backend is not None and backend not in BACKENDS:
+            raise ValueError(f"${ENV_VAR} must be one of {BACKENDS}, got {backend!r}")
+    if backend is None:
+        if device.type != "cuda":
+            return "eager"
+        for candidate in ("cuda", "triton"):
+            if _why_unavailable(candidate, device) is None:
+                return candidate
+        return "eager"
+    why = _why_unavailable(backend, device)
+    if why is not None:
+        raise BackendUnavailableError(f"backend {backend!r} is not available for {device} tensors: {why}")
+    return backend

@@ -1,0 +1,152 @@
+"""LayerNorm and residual-add + LayerNorm: public functions, torch custom ops, autograd.
+
+`layer_norm` and `add_layer_norm` validate their arguments, pick a backend, flatten the input
+to 2-D [rows, hidden] (so shapes stay stable under torch.compile) and call the custom op
+`nanogpt_kernels::layer_norm_fwd`. Its autograd calls `nanogpt_kernels::layer_norm_bwd`.
+Both ops run our Triton kernels or our CUDA C++ kernels (through the C++ ops
+`cuda_layer_norm_fwd/bwd` of nanogpt_kernels._C) according to their `backend` argument.
+The "eager" backend never reaches the ops: it is plain PyTorch, the reference.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nanogpt_kernels import _backend
+from nanogpt_kernels._checks import check_float_tensor, check_like
+
+# Widest row the kernels take (csrc/layernorm.h: kLayerNormMaxCols; Triton's launcher too).
+MAX_HIDDEN = 65536
+
+
+def _kernels(backend: str):
+    if backend == "triton":
+        from nanogpt_kernels.triton import layernorm as triton_layernorm
+
+        return triton_layernorm.layer_norm_fwd, triton_layernorm.layer_norm_bwd
+    return _cuda_fwd, _cuda_bwd
+
+
+def _cuda_fwd(x, residual, weight, bias, eps):
+    y, s, mean, rstd = torch.ops.nanogpt_kernels.cuda_layer_norm_fwd(x, residual, weight, bias, eps)
+    return y, (s if residual is not None else None), mean, rstd
+
+
+def _cuda_bwd(dy, xs, weight, has_bias, mean, rstd, ds):
+    dx, dweight, dbias = torch.ops.nanogpt_kernels.cuda_layer_norm_bwd(dy, xs, weight, mean, rstd, ds)
+    return dx, dweight, (dbias if has_bias else None)
+
+
+def _unit_last_stride(t: Tensor) -> Tensor:
+    # The kernels take any row stride but need each row contiguous.
+    return t if t.stride(-1) == 1 or t.size(-1) <= 1 else t.contiguous()
+
+
+@torch.library.custom_op("nanogpt_kernels::layer_norm_fwd", mutates_args=())
+def layer_norm_fwd(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: Optional[Tensor],
+                   eps: float, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """y = layer_norm(x) or, with a residual, s = x + residual and y = layer_norm(s).
+    Returns (y, s, mean, rstd); s is empty when there is no residual."""
+    fwd, _ = _kernels(backend)
+    y, s, mean, rstd = fwd(_unit_last_stride(x), None if residual is None else _unit_last_stride(residual),
+                           weight, bias, eps)
+    return y, (x.new_empty(0) if s is None else s), mean, rstd
+
+
+@layer_norm_fwd.register_fake
+def _(x, residual, weight, bias, eps, backend):
+    rows = x.shape[0]
+    s = x.new_empty(x.shape) if residual is not None else x.new_empty(0)
+    stats = x.new_empty(rows, dtype=torch.float32)
+    return x.new_empty(x.shape), s, stats, torch.empty_like(stats)
+
+
+@torch.library.custom_op("nanogpt_kernels::layer_norm_bwd", mutates_args=())
+def layer_norm_bwd(dy: Tensor, xs: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor, ds: Optional[Tensor],
+                   has_bias: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx, dweight, dbias); dx includes ds, the gradient of s, when given. dbias is zeros when
+    there is no bias."""
+    _, bwd = _kernels(backend)
+    dx, dweight, dbias = bwd(_unit_last_stride(dy), _unit_last_stride(xs), weight, has_bias, mean, rstd,
+                             None if ds is None else _unit_last_stride(ds))
+    return dx, dweight, (torch.zeros_like(weight) if dbias is None else dbias)
+
+
+@layer_norm_bwd.register_fake
+def _(dy, xs, weight, mean, rstd, ds, has_bias, backend):
+    return xs.new_empty(xs.shape), torch.empty_like(weight), torch.empty_like(weight)
+
+
+def _setup_context(ctx, inputs, output):
+    x, residual, weight, bias, eps, backend = inputs
+    _, s, mean, rstd = output
+    ctx.has_residual = residual is not None
+    ctx.has_bias = bias is not None
+    ctx.backend = backend
+    ctx.save_for_backward(s if ctx.has_residual else x, weight, mean, rstd)
+
+
+def _backward(ctx, dy, ds, _dmean, _drstd):
+    xs, weight, mean, rstd = ctx.saved_tensors
+    dx, dweight, dbias = layer_norm_bwd(dy, xs, weight, mean, rstd, ds if ctx.has_residual else None,
+                                        ctx.has_bias, ctx.backend)
+    # s = x + residual: both receive the same gradient.
+    return (dx, dx if ctx.has_residual else None, dweight, dbias if ctx.has_bias else None, None, None)
+
+
+layer_norm_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _validate(x, residual, weight, bias, eps, backend):
+    check_float_tensor(x, "x")
+    if x.dim() < 1:
+        raise ValueError(f"x must have at least 1 dimension (the normalised one), got shape {tuple(x.shape)}")
+    hidden = x.shape[-1]
+    if residual is not None:
+        check_like(residual, "residual", x, "x", shape=x.shape)
+    check_like(weight, "weight", x, "x", shape=(hidden,))
+    if bias is not None:
+        check_like(bias, "bias", x, "x", shape=(hidden,))
+    if not isinstance(eps, (int, float)) or eps < 0:
+        raise ValueError(f"eps must be a non-negative float, got {eps!r}")
+    resolved = _backend.resolve_backend(backend, x.device)
+    if resolved != "eager" and hidden > MAX_HIDDEN:
+        raise ValueError(f"x: hidden size (last dimension) must be at most {MAX_HIDDEN} for the {resolved!r} "
+                         f"backend, got {hidden}; use backend='eager' for wider rows")
+    return resolved
+
+
+def _fused(x, residual, weight, bias, eps, backend):
+    hidden = x.shape[-1]
+    y, s, _, _ = layer_norm_fwd(x.reshape(-1, hidden), None if residual is None else residual.reshape(-1, hidden),
+                                weight, bias, float(eps), backend)
+    return y.view(x.shape), (s.view(x.shape) if residual is not None else None)
+
+
+def layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, eps: float = 1e-5, *,
+               backend: Optional[str] = None) -> Tensor:
+    """LayerNorm over the last dimension of `x`, as `F.layer_norm(x, (x.shape[-1],), weight, bias, eps)`.
+
+    float32, float16 and bfloat16, computed in float32. `backend` is "eager", "triton", "cuda" or
+    None (see `nanogpt_kernels.available_backends`)."""
+    backend = _validate(x, None, weight, bias, eps, backend)
+    if backend == "eager" or x.numel() == 0:
+        return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+    return _fused(x, None, weight, bias, eps, backend)[0]
+
+
+def add_layer_norm(x: Tensor, residual: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                   eps: float = 1e-5, *, backend: Optional[str] = None) -> tuple[Tensor, Tensor]:
+    """(s, layer_norm(s)) with s = x + residual, in one pass over memory.
+
+    The sum is rounded to x's dtype before it is normalised, exactly as eager
+    `s = x + residual; F.layer_norm(s, ...)` does."""
+    backend = _validate(x, residual, weight, bias, eps, backend)
+    if backend == "eager" or x.numel() == 0:
+        s = x + residual
+        return s, F.layer_norm(s, (x.shape[-1],), weight, bias, eps)
+    y, s = _fused(x, residual, weight, bias, eps, backend)
+    return s, y

@@ -1,0 +1,1 @@
+"""Triton kernels. Each module holds one op's kernels and their launchers."""

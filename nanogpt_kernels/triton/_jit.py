@@ -1,0 +1,44 @@
+"""`jit`: triton.jit whose kernels also run on CPU tensors, in Triton's interpreter.
+
+Triton decides between compiling and interpreting once, when `@triton.jit` runs, from
+$TRITON_INTERPRET. We want both in one process: compiled kernels for CUDA tensors, the
+interpreter for CPU tensors (our tests, and `backend="triton"` on CPU), and a real
+`JITFunction` that `triton.compile` accepts for the sm_80/sm_90 compile check.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+from triton.runtime.interpreter import InterpretedFunction
+from triton.runtime.jit import JITFunction
+
+
+class _DualJITFunction(JITFunction):
+    def __init__(self, fn, **kwargs):
+        super().__init__(fn, **kwargs)
+        self._interpreted = InterpretedFunction(fn, **kwargs)
+
+    def __call__(self, *args, **kwargs):
+        # Only reached when a kernel running in the interpreter calls this function; compiled
+        # kernels inline @jit helpers from their source and never call them from Python.
+        return self._interpreted(*args, **kwargs)
+
+    def __getitem__(self, grid):
+        compiled = super().__getitem__(grid)
+        interpreted = self._interpreted[grid]
+
+        def launch(*args, **kwargs):
+            interpret = triton.knobs.runtime.interpret or any(
+                isinstance(a, torch.Tensor) and a.device.type == "cpu" for a in (*args, *kwargs.values()))
+            return (interpreted if interpret else compiled)(*args, **kwargs)
+
+        return launch
+
+
+def jit(fn=None, **kwargs):
+    """Drop-in for `triton.jit` (use as `@jit` or `@jit(do_not_specialize=...)`).
+
+    With $TRITON_INTERPRET=1 every launch is interpreted, as with plain triton.jit."""
+    if fn is None:
+        return lambda f: _DualJITFunction(f, **kwargs)
+    return _DualJITFunction(fn, **kwargs)

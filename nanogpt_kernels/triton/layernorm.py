@@ -1,0 +1,330 @@
+"""LayerNorm forward and backward in Triton, with an optional fused residual add.
+
+Forward: one program per row makes three passes over the row in BLOCK_N-column chunks (mean,
+centred variance, normalise), so any N up to 65536 works without holding the row in registers;
+for nanoGPT widths (N <= 1600) the row is one chunk and passes 2 and 3 re-read it from L1/L2.
+
+Backward is deterministic (no atomics): G programs take rows g, g + G, ..., write dx and add
+their dweight/dbias contributions into their own row of a float32 partial[G, N] buffer; a second
+kernel sums partial over G in a fixed order. Traffic is ~3 reads + 1 write of [M, N] forward and
+~2 x (dy, x) reads + 1 write backward, plus 2 * G * N * 4 bytes of partials.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.standard import _sum_combine
+
+from nanogpt_kernels.triton._jit import jit
+
+# tl.sum and tl.zeros are themselves @triton.jit functions, which the interpreter can call only
+# when $TRITON_INTERPRET was set before triton was imported; our `jit` runs CPU tensors through
+# the interpreter without it. So the kernels use the builtins they lower to: tl.full, and
+# tl.reduce with the standard add combiner, which the interpreter runs as one numpy.sum.
+
+# Chunk widths the launchers pick from: the first that holds the row, else the last. 4096 fp32
+# columns over 8 warps is 16 values per thread per live tensor, well clear of spilling.
+_BLOCK_N_CHOICES = (1024, 2048, 4096)
+# Four programs per H100 SM. A constant, not a device query, so dweight's summation order (and
+# hence its bits) is the same on every GPU.
+_BWD_MAX_PROGRAMS = 4 * 132
+_REDUCE_BLOCK_G = 32
+_REDUCE_BLOCK_C = 128
+_REDUCE_NUM_WARPS = 4
+
+_TRITON_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+# --------------------------------------------------------------------------------------------
+# Triton kernels
+
+
+@jit
+def _load_normalised_input(
+    X,  # row start of the input
+    R,  # row start of the residual (unused unless HAS_RESIDUAL)
+    offs,  # column offsets of this chunk
+    mask,  # columns < N
+    HAS_RESIDUAL: tl.constexpr,  # return X + R instead of X
+):
+    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        r = tl.load(R + offs, mask=mask, other=0.0).to(tl.float32)
+        # Round as the stored S is rounded, so the statistics describe exactly what backward
+        # will be given as its input.
+        x = (x + r).to(X.dtype.element_ty).to(tl.float32)
+    return x
+
+
+@jit
+def _layer_norm_fwd_kernel(
+    X,  # input [M, N], unit column stride
+    R,  # residual [M, N], unit column stride (X when HAS_RESIDUAL is False)
+    S,  # out: X + R in X's dtype, contiguous [M, N] (Y when HAS_RESIDUAL is False)
+    Y,  # out: normalised rows, contiguous [M, N]
+    W,  # weight [N]
+    B,  # bias [N] (W when HAS_BIAS is False)
+    Mean,  # out: float32 [M] row means
+    Rstd,  # out: float32 [M] 1 / sqrt(biased variance + eps)
+    stride_x_row,  # elements between rows of X
+    stride_r_row,  # elements between rows of R
+    N,  # row length
+    eps,  # added to the variance
+    HAS_RESIDUAL: tl.constexpr,  # normalise X + R and write it to S
+    HAS_BIAS: tl.constexpr,  # add B after scaling by W
+    BLOCK_N: tl.constexpr,  # columns per chunk, a power of two
+):
+    row = tl.program_id(0).to(tl.int64)
+    X += row * stride_x_row
+    R += row * stride_r_row
+    S += row * N
+    Y += row * N
+    cols = tl.arange(0, BLOCK_N)
+
+    acc = tl.full([BLOCK_N], 0.0, tl.float32)
+    for start in range(0, N, BLOCK_N):
+        offs = start + cols
+        acc += _load_normalised_input(X, R, offs, offs < N, HAS_RESIDUAL)
+    mean = tl.reduce(acc, 0, _sum_combine) / N
+
+    # Centred second pass: E[x^2] - mean^2 cancels catastrophically when |mean| >> std.
+    acc = tl.full([BLOCK_N], 0.0, tl.float32)
+    for start in range(0, N, BLOCK_N):
+        offs = start + cols
+        mask = offs < N
+        d = tl.where(mask, _load_normalised_input(X, R, offs, mask, HAS_RESIDUAL) - mean, 0.0)
+        acc += d * d
+    rstd = 1.0 / tl.sqrt_rn(tl.reduce(acc, 0, _sum_combine) / N + eps)
+    tl.store(Mean + row, mean)
+    tl.store(Rstd + row, rstd)
+
+    for start in range(0, N, BLOCK_N):
+        offs = start + cols
+        mask = offs < N
+        x = _load_normalised_input(X, R, offs, mask, HAS_RESIDUAL)
+        w = tl.load(W + offs, mask=mask).to(tl.float32)
+        y = (x - mean) * rstd * w
+        if HAS_BIAS:
+            y += tl.load(B + offs, mask=mask).to(tl.float32)
+        if HAS_RESIDUAL:
+            tl.store(S + offs, x.to(S.dtype.element_ty), mask=mask)
+        tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@jit
+def _layer_norm_bwd_kernel(
+    DY,  # gradient of Y [M, N], unit column stride
+    XS,  # the rows that were normalised [M, N], unit column stride
+    W,  # weight [N]
+    Mean,  # float32 [M] row means from forward
+    Rstd,  # float32 [M] row 1 / std from forward
+    DS,  # gradient of S [M, N] added into DX, unit column stride (DY when HAS_DS is False)
+    DX,  # out: gradient of XS, contiguous [M, N]
+    DW_partial,  # float32 [G, N], zeroed: row g accumulates dy * xhat over program g's rows
+    DB_partial,  # float32 [G, N], zeroed: row g accumulates dy (DW_partial when not HAS_BIAS)
+    stride_dy_row,  # elements between rows of DY
+    stride_xs_row,  # elements between rows of XS
+    stride_ds_row,  # elements between rows of DS
+    M,  # number of rows
+    N,  # row length
+    G,  # number of programs: program g takes rows g, g + G, g + 2G, ...
+    HAS_BIAS: tl.constexpr,  # also accumulate the bias gradient
+    HAS_DS: tl.constexpr,  # add DS into DX
+    BLOCK_N: tl.constexpr,  # columns per chunk, a power of two
+):
+    pid = tl.program_id(0)
+    DW_partial += pid.to(tl.int64) * N
+    DB_partial += pid.to(tl.int64) * N
+    cols = tl.arange(0, BLOCK_N)
+    for row in range(pid, M, G):
+        row64 = tl.cast(row, tl.int64)
+        dy_row = DY + row64 * stride_dy_row
+        xs_row = XS + row64 * stride_xs_row
+        mean = tl.load(Mean + row64)
+        rstd = tl.load(Rstd + row64)
+
+        # Masked columns load dy = w = 0, so they add nothing to either sum.
+        acc_g = tl.full([BLOCK_N], 0.0, tl.float32)
+        acc_gxhat = tl.full([BLOCK_N], 0.0, tl.float32)
+        for start in range(0, N, BLOCK_N):
+            offs = start + cols
+            mask = offs < N
+            dy = tl.load(dy_row + offs, mask=mask, other=0.0).to(tl.float32)
+            xhat = (tl.load(xs_row + offs, mask=mask, other=0.0).to(tl.float32) - mean) * rstd
+            g = dy * tl.load(W + offs, mask=mask, other=0.0).to(tl.float32)
+            acc_g += g
+            acc_gxhat += g * xhat
+        mean_g = tl.reduce(acc_g, 0, _sum_combine) / N
+        mean_gxhat = tl.reduce(acc_gxhat, 0, _sum_combine) / N
+
+        for start in range(0, N, BLOCK_N):
+            offs = start + cols
+            mask = offs < N
+            dy = tl.load(dy_row + offs, mask=mask, other=0.0).to(tl.float32)
+            xhat = (tl.load(xs_row + offs, mask=mask, other=0.0).to(tl.float32) - mean) * rstd
+            g = dy * tl.load(W + offs, mask=mask, other=0.0).to(tl.float32)
+            dx = (g - mean_g - xhat * mean_gxhat) * rstd
+            if HAS_DS:
+                dx += tl.load(DS + row64 * stride_ds_row + offs, mask=mask).to(tl.float32)
+            tl.store(DX + row64 * N + offs, dx.to(DX.dtype.element_ty), mask=mask)
+            # Only this program touches its partial row, so read-modify-write is race-free.
+            dw = tl.load(DW_partial + offs, mask=mask)
+            tl.store(DW_partial + offs, dw + dy * xhat, mask=mask)
+            if HAS_BIAS:
+                db = tl.load(DB_partial + offs, mask=mask)
+                tl.store(DB_partial + offs, db + dy, mask=mask)
+        # The next row reads the partial row back; if the compiler gave that load and this
+        # store different thread layouts, another thread's store must be visible first.
+        tl.debug_barrier()
+
+
+@jit
+def _layer_norm_bwd_reduce_kernel(
+    DW_partial,  # float32 [G, N] per-program weight-gradient sums
+    DB_partial,  # float32 [G, N] per-program bias-gradient sums (DW_partial when not HAS_BIAS)
+    DW,  # out: weight gradient [N]
+    DB,  # out: bias gradient [N] (DW when HAS_BIAS is False)
+    G,  # rows of the partial buffers
+    N,  # columns
+    HAS_BIAS: tl.constexpr,  # also reduce DB_partial into DB
+    BLOCK_G: tl.constexpr,  # partial rows per step
+    BLOCK_C: tl.constexpr,  # columns per program
+):
+    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_mask = cols < N
+    acc_w = tl.full([BLOCK_G, BLOCK_C], 0.0, tl.float32)
+    acc_b = tl.full([BLOCK_G, BLOCK_C], 0.0, tl.float32)
+    # Same tile order and reduction tree on every run: the result is bitwise reproducible.
+    for start in range(0, G, BLOCK_G):
+        rows = start + tl.arange(0, BLOCK_G)
+        offs = rows[:, None].to(tl.int64) * N + cols[None, :]
+        mask = (rows[:, None] < G) & col_mask[None, :]
+        acc_w += tl.load(DW_partial + offs, mask=mask, other=0.0)
+        if HAS_BIAS:
+            acc_b += tl.load(DB_partial + offs, mask=mask, other=0.0)
+    tl.store(DW + cols, tl.reduce(acc_w, 0, _sum_combine).to(DW.dtype.element_ty), mask=col_mask)
+    if HAS_BIAS:
+        tl.store(DB + cols, tl.reduce(acc_b, 0, _sum_combine).to(DB.dtype.element_ty), mask=col_mask)
+
+
+# --------------------------------------------------------------------------------------------
+# kernel launchers
+
+
+def _block_n(N):
+    return next((b for b in _BLOCK_N_CHOICES if b >= N), _BLOCK_N_CHOICES[-1])
+
+
+def _num_warps(block_n):
+    # 256 columns per warp (8 per thread), at most 8 warps.
+    return min(block_n // 256, 8)
+
+
+def _device_guard(t):
+    # Triton launches on the current CUDA device, which need not be the tensor's.
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+def layer_norm_fwd(x, residual, weight, bias, eps):
+    """LayerNorm of the rows of x (or of s = x + residual), optionally returning s.
+
+    x: [M, N], stride(1) == 1, fp32/fp16/bf16. residual: None or [M, N] like x.
+    weight: [N] in x.dtype. bias: [N] or None. Returns (y, s, mean, rstd): y contiguous
+    [M, N] in x.dtype; s = x + residual (fp32 add rounded to x.dtype), contiguous, or None
+    without a residual; mean and rstd float32 [M] of the rows that were normalised."""
+    M, N = x.shape
+    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    s = None if residual is None else torch.empty_like(y)
+    mean = torch.empty((M,), dtype=torch.float32, device=x.device)
+    rstd = torch.empty_like(mean)
+    if M == 0 or N == 0:
+        # Empty rows: the same statistics as aten.native_layer_norm (mean 0, rstd nan).
+        mean.zero_()
+        rstd.fill_(float("nan"))
+        return y, s, mean, rstd
+    block_n = _block_n(N)
+    with _device_guard(x):
+        _layer_norm_fwd_kernel[(M,)](
+            x, x if residual is None else residual, y if s is None else s, y,
+            weight, weight if bias is None else bias, mean, rstd,
+            x.stride(0), 0 if residual is None else residual.stride(0), N, float(eps),
+            HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None, BLOCK_N=block_n,
+            num_warps=_num_warps(block_n),
+        )
+    return y, s, mean, rstd
+
+
+def layer_norm_bwd(dy, xs, weight, has_bias, mean, rstd, ds):
+    """Gradients of layer_norm_fwd, deterministic.
+
+    dy, xs: [M, N], stride(1) == 1 (xs: the rows that were normalised, s when a residual was
+    fused). weight: [N]. mean, rstd: float32 [M] from forward. ds: None or [M, N] gradient of
+    s, added into dx. Returns (dx in xs.dtype, dweight, dbias or None in weight.dtype)."""
+    M, N = xs.shape
+    dx = torch.empty((M, N), dtype=xs.dtype, device=xs.device)
+    if M == 0 or N == 0:
+        # No rows contribute: the parameter gradients are zeros, not empty.
+        dw = torch.zeros((N,), dtype=weight.dtype, device=weight.device)
+        return dx, dw, torch.zeros_like(dw) if has_bias else None
+    if ds is not None and ds.stride(1) != 1:
+        ds = ds.contiguous()
+    G = min(M, _BWD_MAX_PROGRAMS)
+    dw_partial = torch.zeros((G, N), dtype=torch.float32, device=xs.device)
+    db_partial = torch.zeros_like(dw_partial) if has_bias else dw_partial
+    dw = torch.empty((N,), dtype=weight.dtype, device=weight.device)
+    db = torch.empty_like(dw) if has_bias else None
+    block_n = _block_n(N)
+    with _device_guard(xs):
+        _layer_norm_bwd_kernel[(G,)](
+            dy, xs, weight, mean, rstd, dy if ds is None else ds, dx, dw_partial, db_partial,
+            dy.stride(0), xs.stride(0), 0 if ds is None else ds.stride(0), M, N, G,
+            HAS_BIAS=has_bias, HAS_DS=ds is not None, BLOCK_N=block_n,
+            num_warps=_num_warps(block_n),
+        )
+        _layer_norm_bwd_reduce_kernel[(triton.cdiv(N, _REDUCE_BLOCK_C),)](
+            dw_partial, db_partial, dw, dw if db is None else db, G, N,
+            HAS_BIAS=has_bias, BLOCK_G=_REDUCE_BLOCK_G, BLOCK_C=_REDUCE_BLOCK_C,
+            num_warps=_REDUCE_NUM_WARPS,
+        )
+    return dx, dw, db
+
+
+def compile_configs():
+    """Every kernel configuration the launchers can launch on a GPU, for ahead-of-time compile
+    checks: dicts with name, fn, signature, constexprs and options for
+    `triton.compile(ASTSource(fn, signature, constexprs), target, options)`."""
+    configs = []
+    for torch_dtype, t in _TRITON_DTYPES.items():
+        for block_n in _BLOCK_N_CHOICES:
+            options = {"num_warps": _num_warps(block_n)}
+            for has_residual in (False, True):
+                for has_bias in (False, True):
+                    constexprs = {"HAS_RESIDUAL": has_residual, "HAS_BIAS": has_bias, "BLOCK_N": block_n}
+                    signature = {"X": f"*{t}", "R": f"*{t}", "S": f"*{t}", "Y": f"*{t}", "W": f"*{t}",
+                                 "B": f"*{t}", "Mean": "*fp32", "Rstd": "*fp32", "stride_x_row": "i32",
+                                 "stride_r_row": "i32", "N": "i32", "eps": "fp32",
+                                 **{k: "constexpr" for k in constexprs}}
+                    configs.append({"name": f"layer_norm_fwd_{t}_n{block_n}_res{int(has_residual)}_bias{int(has_bias)}",
+                                    "fn": _layer_norm_fwd_kernel, "signature": signature,
+                                    "constexprs": constexprs, "options": options})
+            for has_ds in (False, True):
+                for has_bias in (False, True):
+                    constexprs = {"HAS_BIAS": has_bias, "HAS_DS": has_ds, "BLOCK_N": block_n}
+                    signature = {"DY": f"*{t}", "XS": f"*{t}", "W": f"*{t}", "Mean": "*fp32", "Rstd": "*fp32",
+                                 "DS": f"*{t}", "DX": f"*{t}", "DW_partial": "*fp32", "DB_partial": "*fp32",
+                                 "stride_dy_row": "i32", "stride_xs_row": "i32", "stride_ds_row": "i32",
+                                 "M": "i32", "N": "i32", "G": "i32", **{k: "constexpr" for k in constexprs}}
+                    configs.append({"name": f"layer_norm_bwd_{t}_n{block_n}_ds{int(has_ds)}_bias{int(has_bias)}",
+                                    "fn": _layer_norm_bwd_kernel, "signature": signature,
+                                    "constexprs": constexprs, "options": options})
+        for has_bias in (False, True):
+            constexprs = {"HAS_BIAS": has_bias, "BLOCK_G": _REDUCE_BLOCK_G, "BLOCK_C": _REDUCE_BLOCK_C}
+            signature = {"DW_partial": "*fp32", "DB_partial": "*fp32", "DW": f"*{t}", "DB": f"*{t}",
+                         "G": "i32", "N": "i32", **{k: "constexpr" for k in constexprs}}
+            configs.append({"name": f"layer_norm_bwd_reduce_{t}_bias{int(has_bias)}",
+                            "fn": _layer_norm_bwd_reduce_kernel, "signature": signature,
+                            "constexprs": constexprs, "options": {"num_warps": _REDUCE_NUM_WARPS}})
+    return configs
