@@ -23,6 +23,16 @@ class BackendUnavailableError(RuntimeError):
     """Raised when a requested backend cannot run in this install or on this device."""
 
 
+_on_extension_load = []
+
+
+def on_extension_load(fn) -> None:
+    """Run `fn()` once the C++ ops exist: fake kernels can only be registered for ops that do."""
+    _on_extension_load.append(fn)
+    if _extension.cache_info().currsize and not isinstance(_extension(), ImportError):
+        fn()
+
+
 @functools.lru_cache(maxsize=None)
 def _extension():
     """The compiled extension module, or the ImportError explaining why it is missing."""
@@ -30,7 +40,17 @@ def _extension():
         from nanogpt_kernels import _C  # noqa: F401  (importing registers the C++ ops)
     except ImportError as e:
         return e
+    for fn in _on_extension_load:
+        fn()
     return _C
+
+
+def load_extension():
+    """The extension module; raises BackendUnavailableError if it cannot be imported."""
+    ext = _extension()
+    if isinstance(ext, ImportError):
+        raise BackendUnavailableError(f"backend 'cuda' is not available: {_why_unavailable('cuda', torch.device('cpu'))}")
+    return ext
 
 
 def extension_error() -> str | None:
@@ -84,6 +104,9 @@ def available_backends(device: str | torch.device | None = None) -> list[str]:
     return [b for b in BACKENDS if _why_unavailable(b, device) is None]
 
 
+# Under torch.compile the choice is made once, while tracing, and baked into the graph (its
+# lookups, the extension import included, are not traceable and need not be).
+@torch.compiler.assume_constant_result
 def resolve_backend(backend: str | None, device: torch.device) -> str:
     """The backend one call runs on: explicit argument, then $NANOGPT_KERNELS_BACKEND, then the
     best available (cuda > triton > eager on CUDA tensors; eager on CPU tensors)."""

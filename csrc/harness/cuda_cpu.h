@@ -6,7 +6,7 @@
 // memory (static and dynamic), __syncthreads, warp shuffles and votes, atomics, __half and
 // __nv_bfloat16 storage types, vector types.
 //
-// Model: blocks run one after another; the threads of a block are fibers (ucontext) on the
+// Model: blocks run one after another; the threads of a block are fibers on the
 // calling OS thread, switched cooperatively at barriers. A thread runs until it reaches
 // __syncthreads or a warp collective, so any code between two barriers executes atomically
 // with respect to the other threads: races the GPU would have do not show up here (the
@@ -41,6 +41,7 @@
 #endif
 #endif
 #ifdef NK_HARNESS_ASAN
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 
@@ -130,10 +131,94 @@ inline const char* cudaGetErrorString(cudaError_t e) {
 // ---------------------------------------------------------------------------------------
 // Fibers and the block scheduler
 
+// Switching fibers. On x86-64 a hand-written switch saves the callee-saved registers and
+// the SSE/x87 control words and swaps stacks: ~20x cheaper than swapcontext, which makes a
+// sigprocmask system call on every switch (and kernels switch at every barrier). Elsewhere,
+// ucontext. The symbol is weak because every translation unit that includes this header
+// emits it.
+#if defined(__x86_64__) && !defined(NK_HARNESS_UCONTEXT)
+#define NK_HARNESS_ASM_SWITCH 1
+extern "C" void nk_harness_switch(void** save_sp, void* load_sp);
+__asm__(R"(
+    .pushsection .text
+    .p2align 4
+    .weak nk_harness_switch
+    .type nk_harness_switch, @function
+nk_harness_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size nk_harness_switch, .-nk_harness_switch
+    .popsection
+)");
+#endif
+
 namespace nk_harness {
 
+struct Context {
+#ifdef NK_HARNESS_ASM_SWITCH
+  void* sp = nullptr;
+#else
+  ucontext_t uc;
+#endif
+};
+
+inline void switch_context(Context* from, Context* to) {
+#ifdef NK_HARNESS_ASM_SWITCH
+  nk_harness_switch(&from->sp, to->sp);
+#else
+  swapcontext(&from->uc, &to->uc);
+#endif
+}
+
+// Prepares `ctx` so that switching to it runs entry() on the given stack; entry never returns.
+inline void make_context(Context* ctx, void* stack, size_t size, void (*entry)()) {
+#ifdef NK_HARNESS_ASAN
+  // A pooled stack still carries the redzones of the frames its last fiber left behind.
+  ASAN_UNPOISON_MEMORY_REGION(stack, size);
+#endif
+#ifdef NK_HARNESS_ASM_SWITCH
+  // The frame nk_harness_switch pops: control words, six registers, then `entry` as the
+  // return address; above it a dummy return address for entry itself, so that entry starts
+  // with the stack alignment of a called function (rsp + 8 a multiple of 16).
+  auto top = reinterpret_cast<uintptr_t>(stack) + size;
+  top &= ~uintptr_t(15);
+  auto* frame = reinterpret_cast<uint64_t*>(top) - 9;
+  const uint32_t mxcsr_default = 0x1f80, fpucw_default = 0x037f;
+  frame[0] = uint64_t(mxcsr_default) | (uint64_t(fpucw_default) << 32);
+  for (int i = 1; i <= 6; ++i) frame[i] = 0;
+  frame[7] = reinterpret_cast<uint64_t>(entry);
+  frame[8] = 0;
+  ctx->sp = frame;
+#else
+  getcontext(&ctx->uc);
+  ctx->uc.uc_stack.ss_sp = stack;
+  ctx->uc.uc_stack.ss_size = size;
+  ctx->uc.uc_link = nullptr;
+  makecontext(&ctx->uc, entry, 0);
+#endif
+}
+
 struct Fiber {
-  ucontext_t ctx;
+  Context ctx;
   void* stack = nullptr;
   size_t stack_size = 0;
   dim3 tid;
@@ -166,7 +251,7 @@ struct Block {
   unsigned bar_arrived = 0;
   void* dyn_smem = nullptr;
   Fiber* current = nullptr;
-  ucontext_t scheduler;
+  Context scheduler;
   std::function<void()> body;
 #ifdef NK_HARNESS_ASAN
   const void* sched_stack_bottom = nullptr;
@@ -190,7 +275,7 @@ inline void to_scheduler(bool exiting) {
                                  b->sched_stack_size);
 #endif
   (void)exiting;
-  swapcontext(&f->ctx, &b->scheduler);
+  switch_context(&f->ctx, &b->scheduler);
 #ifdef NK_HARNESS_ASAN
   __sanitizer_finish_switch_fiber(f->fake_stack, nullptr, nullptr);
 #endif
@@ -220,6 +305,7 @@ inline void fiber_entry() {
     b->bar_gen++;
   }
   to_scheduler(true);
+  fatal("a finished thread was resumed");
 }
 
 inline size_t fiber_stack_size() {
@@ -266,11 +352,7 @@ inline void run_block(Block& b) {
                  i / (b.block_dim.x * b.block_dim.y));
     f.stack = pool[i];
     f.stack_size = fiber_stack_size();
-    getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = f.stack;
-    f.ctx.uc_stack.ss_size = f.stack_size;
-    f.ctx.uc_link = nullptr;
-    makecontext(&f.ctx, fiber_entry, 0);
+    make_context(&f.ctx, f.stack, f.stack_size, fiber_entry);
   }
   // Round-robin over runnable fibers; a fiber waiting on a barrier is runnable again once
   // that barrier's generation moves on.
@@ -286,7 +368,7 @@ inline void run_block(Block& b) {
       void* fake = nullptr;
       __sanitizer_start_switch_fiber(&fake, f.stack, f.stack_size);
 #endif
-      swapcontext(&b.scheduler, &f.ctx);
+      switch_context(&b.scheduler, &f.ctx);
 #ifdef NK_HARNESS_ASAN
       __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #endif

@@ -27,6 +27,7 @@ def _kernels(backend: str):
         from nanogpt_kernels.triton import layernorm as triton_layernorm
 
         return triton_layernorm.layer_norm_fwd, triton_layernorm.layer_norm_bwd
+    _backend.load_extension()
     return _cuda_fwd, _cuda_bwd
 
 
@@ -38,6 +39,19 @@ def _cuda_fwd(x, residual, weight, bias, eps):
 def _cuda_bwd(dy, xs, weight, has_bias, mean, rstd, ds):
     dx, dweight, dbias = torch.ops.nanogpt_kernels.cuda_layer_norm_bwd(dy, xs, weight, mean, rstd, ds)
     return dx, dweight, (dbias if has_bias else None)
+
+
+def _register_cuda_op_fakes():
+    @torch.library.register_fake("nanogpt_kernels::cuda_layer_norm_fwd")
+    def _(x, residual, weight, bias, eps):
+        return layer_norm_fwd_fake(x, residual, weight, bias, eps, "cuda")
+
+    @torch.library.register_fake("nanogpt_kernels::cuda_layer_norm_bwd")
+    def _(dy, xs, weight, mean, rstd, ds):
+        return layer_norm_bwd_fake(dy, xs, weight, mean, rstd, ds, True, "cuda")
+
+
+_backend.on_extension_load(_register_cuda_op_fakes)
 
 
 def _unit_last_stride(t: Tensor) -> Tensor:
@@ -57,7 +71,7 @@ def layer_norm_fwd(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: 
 
 
 @layer_norm_fwd.register_fake
-def _(x, residual, weight, bias, eps, backend):
+def layer_norm_fwd_fake(x, residual, weight, bias, eps, backend):
     rows = x.shape[0]
     s = x.new_empty(x.shape) if residual is not None else x.new_empty(0)
     stats = x.new_empty(rows, dtype=torch.float32)
@@ -76,7 +90,7 @@ def layer_norm_bwd(dy: Tensor, xs: Tensor, weight: Tensor, mean: Tensor, rstd: T
 
 
 @layer_norm_bwd.register_fake
-def _(dy, xs, weight, mean, rstd, ds, has_bias, backend):
+def layer_norm_bwd_fake(dy, xs, weight, mean, rstd, ds, has_bias, backend):
     return xs.new_empty(xs.shape), torch.empty_like(weight), torch.empty_like(weight)
 
 

@@ -1,0 +1,96 @@
+// The LayerNorm kernels of csrc/layernorm.cu driven without torch, so that
+// tests/test_harness.py can run them under AddressSanitizer: any out-of-bounds read or write
+// in a kernel, at any of these odd shapes and both vector widths, fails the build.
+// Results are checked against a double-precision CPU reference.
+
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "../../csrc/layernorm.cu"
+
+namespace {
+
+int g_failed = 0, g_passed = 0;
+
+// One shape: forward with (optionally) a residual, then backward; float32 so the reference
+// comparison can be tight.
+void run_case(int64_t rows, int64_t cols, int64_t row_stride, bool residual, bool bias) {
+  std::mt19937 rng(static_cast<unsigned>(rows * 131 + cols));
+  std::normal_distribution<float> normal;
+  // Exactly-sized allocations (no slack), so ASan flags a single element of overreach.
+  std::vector<float> x((rows - 1) * row_stride + cols), r(residual ? x.size() : 0), w(cols), b(bias ? cols : 0);
+  std::vector<float> y(rows * cols), s(residual ? rows * cols : 0), mean(rows), rstd(rows);
+  for (auto* v : {&x, &r, &w, &b})
+    for (float& e : *v) e = normal(rng);
+  nk::LayerNormFwdParams fp{x.data(), row_stride, residual ? r.data() : nullptr, row_stride, w.data(),
+                            bias ? b.data() : nullptr, y.data(), residual ? s.data() : nullptr, mean.data(),
+                            rstd.data(), rows, cols, 1e-5f, nk::DType::f32};
+  if (const char* err = nk_cpu::layernorm_forward(fp, nullptr)) {
+    std::printf("FAIL forward launch: %s\n", err);
+    ++g_failed;
+    return;
+  }
+  std::vector<float> dy(rows * cols), dx(rows * cols), dw(cols), db(cols);
+  for (float& e : dy) e = normal(rng);
+  std::vector<float> ws(nk_cpu::layernorm_bwd_workspace_floats(rows, cols, 3));
+  const float* xs = residual ? s.data() : x.data();
+  const int64_t xs_stride = residual ? cols : row_stride;
+  nk::LayerNormBwdParams bp{dy.data(), cols, xs, xs_stride, nullptr, 0, w.data(), mean.data(), rstd.data(),
+                            dx.data(), dw.data(), db.data(), ws.data(), rows, cols, 3, nk::DType::f32};
+  if (const char* err = nk_cpu::layernorm_backward(bp, nullptr)) {
+    std::printf("FAIL backward launch: %s\n", err);
+    ++g_failed;
+    return;
+  }
+  double worst = 0.0;
+  std::vector<double> rdw(cols, 0.0), rdb(cols, 0.0);
+  for (int64_t i = 0; i < rows; ++i) {
+    std::vector<double> v(cols);
+    double mu = 0.0, var = 0.0;
+    for (int64_t c = 0; c < cols; ++c) {
+      v[c] = x[i * row_stride + c] + (residual ? r[i * row_stride + c] : 0.0f);
+      if (residual) v[c] = (float)v[c];
+      mu += v[c];
+    }
+    mu /= cols;
+    for (int64_t c = 0; c < cols; ++c) var += (v[c] - mu) * (v[c] - mu);
+    const double rs = 1.0 / std::sqrt(var / cols + 1e-5);
+    double mg = 0.0, mgx = 0.0;
+    for (int64_t c = 0; c < cols; ++c) {
+      const double xhat = (v[c] - mu) * rs, g = dy[i * cols + c] * (double)w[c];
+      worst = std::fmax(worst, std::fabs(y[i * cols + c] - (xhat * w[c] + (bias ? b[c] : 0.0))));
+      mg += g / cols;
+      mgx += g * xhat / cols;
+      rdw[c] += dy[i * cols + c] * xhat;
+      rdb[c] += dy[i * cols + c];
+    }
+    for (int64_t c = 0; c < cols; ++c) {
+      const double xhat = (v[c] - mu) * rs, g = dy[i * cols + c] * (double)w[c];
+      worst = std::fmax(worst, std::fabs(dx[i * cols + c] - rs * (g - mg - xhat * mgx)));
+    }
+  }
+  for (int64_t c = 0; c < cols; ++c)
+    worst = std::fmax(worst, std::fmax(std::fabs(dw[c] - rdw[c]), std::fabs(db[c] - rdb[c])) / (1.0 + rows / 16.0));
+  if (worst > 1e-4) {
+    std::printf("FAIL rows=%ld cols=%ld stride=%ld residual=%d bias=%d: max error %g\n", (long)rows, (long)cols,
+                (long)row_stride, residual, bias, worst);
+    ++g_failed;
+  } else {
+    ++g_passed;
+  }
+}
+
+}  // namespace
+
+int main() {
+  for (int64_t rows : {1, 7, 33})
+    for (int64_t cols : {1, 3, 48, 100, 1000, 1028, 4097})
+      for (bool residual : {false, true}) {
+        run_case(rows, cols, cols, residual, !residual);
+        run_case(rows, cols, cols + 4, residual, residual);  // padded rows, still 16-byte aligned
+      }
+  std::printf("%d passed, %d failed\n", g_passed, g_failed);
+  return g_failed ? 1 : 0;
+}

@@ -1,0 +1,116 @@
+"""Every CUDA kernel and Triton config compiles for sm_80 and sm_90a with no spills and with
+shared memory within the per-block limit; no GPU needed (nvcc is: without it these fail,
+never skip). Plus proof that the check catches what it claims to catch."""
+import importlib.util
+
+from nanogpt_kernels._compile_check import cuda_reports, format_table, triton_reports
+
+ARCHS = ("sm_80", "sm_90a")
+
+
+def assert_clean(reports):
+    table = format_table(reports)
+    for arch in ARCHS:
+        assert any(r.arch == arch for r in reports), f"no kernel reported for {arch}:\n{table}"
+    assert not any(r.problems for r in reports), f"kernels with problems:\n{table}"
+
+
+def test_cuda_kernels_fit():
+    assert_clean(cuda_reports())
+
+
+def test_triton_kernels_fit():
+    assert_clean(triton_reports())
+
+
+# __launch_bounds__(1024, 2) caps the kernel at 65536 / 2048 = 32 registers per thread, and
+# 128 live floats do not fit in them. (A dynamically indexed local array would not do: ptxas
+# puts it in local memory and reports a stack frame, not a spill.)
+SPILLING_CU = r"""
+template <int N>
+__global__ void __launch_bounds__(1024, 2) spill_kernel(float* x, int n) {
+  float acc[N];
+#pragma unroll
+  for (int k = 0; k < N; ++k) acc[k] = x[k * n + threadIdx.x];
+#pragma unroll
+  for (int r = 0; r < 8; ++r)
+#pragma unroll
+    for (int k = 0; k < N; ++k) acc[k] = acc[k] * acc[(k * 7 + r) % N] + 1.0f;
+  float s = 0.0f;
+#pragma unroll
+  for (int k = 0; k < N; ++k) s += acc[k] * x[k];
+  x[threadIdx.x] = s;
+}
+
+template <typename T>
+__global__ void scale_kernel(T* x, T s, int n) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) x[i] *= s;
+}
+
+void launch(float* x, int n) {
+  spill_kernel<128><<<1, 1024>>>(x, n);
+  scale_kernel<float><<<1, 256>>>(x, 2.0f, n);
+}
+"""
+
+
+def test_cuda_spill_is_a_problem(tmp_path):
+    source = tmp_path / "spill.cu"
+    source.write_text(SPILLING_CU)
+    reports = cuda_reports(sources=[source])
+    table = format_table(reports)
+    by_kernel = {(r.name, r.arch): r for r in reports}
+    assert set(by_kernel) == {(k, a) for k in ("spill_kernel<128>", "scale_kernel<float>") for a in ARCHS}, table
+    for arch in ARCHS:
+        spilling, clean = by_kernel["spill_kernel<128>", arch], by_kernel["scale_kernel<float>", arch]
+        assert spilling.spill_stores > 0 and spilling.spill_loads > 0, table
+        assert any("spill" in p for p in spilling.problems), table
+        assert clean.problems == [], table
+
+
+# 128x128x64 fp16 tiles of A and B take 32 KB of shared memory per stage, and on sm_80 Triton
+# buffers num_stages - 1 of them: 7 stages need 192 KB, over A100's 163 KB. The divisibility
+# attrs let Triton use cp.async, without which it does not pipeline at all.
+SHARED_HEAVY_TRITON = '''
+import triton.language as tl
+from nanogpt_kernels.triton._jit import jit
+
+
+@jit
+def _matmul_kernel(A, B, C, K, stride_a, stride_b, BLOCK: tl.constexpr, BLOCK_K: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = A + offs[:, None] * stride_a + offs_k[None, :]
+    b_ptrs = B + offs_k[:, None] * stride_b + offs[None, :]
+    acc = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)
+    for _ in range(0, tl.cdiv(K, BLOCK_K)):
+        acc += tl.dot(tl.load(a_ptrs), tl.load(b_ptrs))
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K * stride_b
+    tl.store(C + offs[:, None] * BLOCK + offs[None, :], acc)
+
+
+def compile_configs():
+    signature = {"A": "*fp16", "B": "*fp16", "C": "*fp32", "K": "i32", "stride_a": "i32",
+                 "stride_b": "i32", "BLOCK": "constexpr", "BLOCK_K": "constexpr"}
+    attrs = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 2, 4, 5)}
+    return [{"name": f"matmul_stages{s}", "fn": _matmul_kernel, "signature": signature,
+             "constexprs": {"BLOCK": 128, "BLOCK_K": 64}, "attrs": attrs,
+             "options": {"num_warps": 4, "num_stages": s}} for s in (2, 7)]
+'''
+
+
+def test_triton_shared_memory_overflow_is_a_problem(tmp_path):
+    path = tmp_path / "toy_shared_heavy.py"
+    path.write_text(SHARED_HEAVY_TRITON)
+    spec = importlib.util.spec_from_file_location("toy_shared_heavy", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    reports = {r.name: r for r in triton_reports(ccs=(80,), modules=[module])}
+    table = format_table(list(reports.values()))
+    assert reports["matmul_stages2"].problems == [], table
+    heavy = reports["matmul_stages7"]
+    assert heavy.shared_bytes > 166912, table
+    assert any("shared memory" in p for p in heavy.problems), table

@@ -1,0 +1,234 @@
+"""LayerNorm and add_layer_norm on every backend against a float64 reference.
+
+On this machine "triton" runs in Triton's interpreter and "cuda" runs our CUDA C++ source
+through the CPU harness; on a GPU machine the same tests also run on CUDA tensors."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import nanogpt_kernels as nk
+from nanogpt_kernels.testing import max_error, tolerance
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+KERNEL_BACKENDS = ["triton", "cuda"]
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def make_inputs(rows, hidden, dtype, device, *, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # An offset mean and a non-unit scale, so centring and scaling both matter.
+    x = (torch.randn(rows, hidden, generator=g) * 2 + 0.5).to(device, dtype)
+    w = (1 + 0.5 * torch.randn(hidden, generator=g)).to(device, dtype)
+    b = torch.randn(hidden, generator=g).to(device, dtype) if bias else None
+    dy = torch.randn(rows, hidden, generator=g).to(device, dtype)
+    return x, w, b, dy
+
+
+def forward_backward(fn, x, w, b, dy, dtype=None):
+    """Outputs and gradients of fn at (x, w, b), optionally upcast to `dtype` first."""
+    leaves = [t.detach().to(dtype or t.dtype).requires_grad_() if t is not None else None for t in (x, w, b)]
+    y = fn(*leaves)
+    y.backward(dy.to(y.dtype))
+    return [y] + [t.grad if t is not None else None for t in leaves]
+
+
+def check_against_reference(fn, x, w, b, dy, eps=1e-5):
+    dtype = x.dtype
+    ref = forward_backward(lambda x, w, b: F.layer_norm(x, x.shape[-1:], w, b, eps), x, w, b, dy, torch.float64)
+    eager = forward_backward(lambda x, w, b: F.layer_norm(x, x.shape[-1:], w, b, eps), x, w, b, dy)
+    ours = forward_backward(fn, x, w, b, dy)
+    for name, o, e, r, bwd in zip(("y", "dx", "dweight", "dbias"), ours, eager, ref, (False, True, True, True)):
+        if r is None:
+            assert o is None, f"{name} should be None"
+            continue
+        assert o.dtype == e.dtype and o.shape == e.shape, f"{name}: {o.dtype} {o.shape} vs eager {e.dtype} {e.shape}"
+        err, tol = max_error(o, r), tolerance(e, r, dtype, backward=bwd)
+        assert err <= tol, f"{name}: max error {err:.3g} > tolerance {tol:.3g} (eager's error {max_error(e, r):.3g})"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("hidden", [1, 48, 100, 768, 1000, 4097])
+@pytest.mark.parametrize("rows", [1, 7, 200])
+def test_layer_norm_matches_reference(device, backend, dtype, hidden, rows):
+    # Bias on and off alternate over the grid so both paths meet every dtype and size.
+    bias = (rows + hidden) % 2 == 0 if hidden > 1 else True
+    x, w, b, dy = make_inputs(rows, hidden, dtype, device, bias=bias)
+    check_against_reference(lambda x, w, b: nk.layer_norm(x, w, b, backend=backend), x, w, b, dy)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("bias", [True, False])
+def test_layer_norm_bias_and_leading_dims(backend, dtype, bias):
+    x, w, b, dy = make_inputs(2 * 3 * 5, 100, dtype, "cpu", bias=bias)
+    x, dy = x.view(2, 3, 5, 100), dy.view(2, 3, 5, 100)
+    check_against_reference(lambda x, w, b: nk.layer_norm(x, w, b, backend=backend), x, w, b, dy)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("layout", ["row_stride", "transposed"])
+def test_layer_norm_non_contiguous(backend, layout):
+    x, w, b, dy = make_inputs(17, 256, torch.float16, "cpu")
+    if layout == "row_stride":
+        x = x.repeat(1, 2)[:, 3:259]  # rows 512 apart, and not 16-byte aligned: the scalar path
+    else:
+        x = x.t().contiguous().t()  # columns 17 apart: the wrapper must copy
+    assert not x.is_contiguous()
+    check_against_reference(lambda x, w, b: nk.layer_norm(x, w, b, backend=backend), x, w, b, dy)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("rows,hidden", [(1, 48), (7, 1000), (200, 768), (3, 4097)])
+def test_add_layer_norm_matches_reference(backend, dtype, rows, hidden):
+    x, w, b, dy = make_inputs(rows, hidden, dtype, "cpu")
+    r = make_inputs(rows, hidden, dtype, "cpu", seed=1)[0]
+    ds = make_inputs(rows, hidden, dtype, "cpu", seed=2)[3]
+
+    def run(fn, dt):
+        leaves = [t.detach().to(dt).requires_grad_() for t in (x, r, w, b)]
+        s, y = fn(*leaves)
+        torch.autograd.backward([s, y], [ds.to(dt), dy.to(dt)])
+        return [s, y] + [t.grad for t in leaves]
+
+    def eager(x, r, w, b):
+        s = x + r
+        return s, F.layer_norm(s, (hidden,), w, b)
+
+    ref, eag = run(eager, torch.float64), run(eager, dtype)
+    ours = run(lambda x, r, w, b: nk.add_layer_norm(x, r, w, b, backend=backend), dtype)
+    for i, name in enumerate(("s", "y", "dx", "dresidual", "dweight", "dbias")):
+        err, tol = max_error(ours[i], ref[i]), tolerance(eag[i], ref[i], dtype, backward=i >= 2)
+        assert err <= tol, f"{name}: max error {err:.3g} > tolerance {tol:.3g}"
+    # s is rounded to the input dtype exactly as eager rounds x + r.
+    assert torch.equal(ours[0], eag[0])
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_layer_norm_wide_rows(backend):
+    x, w, b, dy = make_inputs(2, 16384, torch.bfloat16, "cpu")
+    check_against_reference(lambda x, w, b: nk.layer_norm(x, w, b, backend=backend), x, w, b, dy)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_backward_is_deterministic(backend):
+    x, w, b, dy = make_inputs(200, 768, torch.float32, "cpu")
+    first = forward_backward(lambda x, w, b: nk.layer_norm(x, w, b, backend=backend), x, w, b, dy)
+    second = forward_backward(lambda x, w, b: nk.layer_norm(x, w, b, backend=backend), x, w, b, dy)
+    for a, c in zip(first, second):
+        assert torch.equal(a, c)
+
+
+@pytest.mark.parametrize("backend", ["eager"] + KERNEL_BACKENDS)
+def test_nan_row_stays_in_its_row(backend):
+    x, w, b, _ = make_inputs(7, 100, torch.float32, "cpu")
+    x[3, 10] = float("nan")
+    y = nk.layer_norm(x, w, b, backend=backend)
+    assert y[3].isnan().all()
+    others = torch.cat([y[:3], y[4:]])
+    assert not others.isnan().any()
+    expected = F.layer_norm(x, (100,), w, b)
+    assert max_error(others, torch.cat([expected[:3], expected[4:]])) < 1e-5
+
+
+@pytest.mark.parametrize("backend", ["eager"] + KERNEL_BACKENDS)
+@pytest.mark.parametrize("shape", [(0, 48), (3, 0, 48), (5, 0)])
+def test_empty_input(backend, shape):
+    x = torch.randn(shape, requires_grad=True)
+    w = torch.randn(shape[-1], requires_grad=True)
+    y = nk.layer_norm(x, w, torch.zeros(shape[-1]), backend=backend)
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad.shape == x.shape and w.grad.shape == w.shape
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_bad_input(backend):
+    x, w, b = torch.randn(4, 8), torch.randn(8), torch.randn(8)
+    cases = [
+        (lambda: nk.layer_norm(torch.tensor(1.0), w, b, backend=backend), "x must have at least 1 dimension"),
+        (lambda: nk.layer_norm(x, torch.randn(9), b, backend=backend), "weight must have shape (8,)"),
+        (lambda: nk.layer_norm(x, w, torch.randn(4, 8), backend=backend), "bias must have shape (8,)"),
+        (lambda: nk.layer_norm(x, w.double(), b, backend=backend), "weight must be float32, float16 or bfloat16"),
+        (lambda: nk.layer_norm(x, w.half(), b, backend=backend), "weight must have the dtype of x"),
+        (lambda: nk.layer_norm(x.long(), w, b, backend=backend), "x must be float32, float16 or bfloat16"),
+        (lambda: nk.layer_norm(x, w.to("meta"), b, backend=backend), "weight must be on the device of x"),
+        (lambda: nk.layer_norm(torch.randn(2, 65537), torch.randn(65537), None, backend=backend),
+         "hidden size (last dimension) must be at most 65536"),
+        (lambda: nk.layer_norm(x, w, b, eps=-1.0, backend=backend), "eps must be a non-negative"),
+        (lambda: nk.add_layer_norm(x, torch.randn(4, 9), w, b, backend=backend), "residual must have shape (4, 8)"),
+        (lambda: nk.layer_norm(x, w, b, backend="cudnn"), "backend must be one of"),
+        (lambda: nk.layer_norm(x, "w", b, backend=backend), "weight must be a torch.Tensor"),
+    ]
+    for fn, message in cases:
+        with pytest.raises((ValueError, TypeError)) as info:
+            fn()
+        assert message in str(info.value), f"expected {message!r} in {info.value!r}"
+
+
+def test_cpp_op_checks_its_arguments():
+    x, w = torch.randn(4, 8), torch.randn(8)
+    with pytest.raises(RuntimeError, match=r"weight must have shape \[8\]"):
+        torch.ops.nanogpt_kernels.cuda_layer_norm_fwd(x, None, torch.randn(7), None, 1e-5)
+    with pytest.raises(RuntimeError, match="x must be float32, float16 or bfloat16"):
+        torch.ops.nanogpt_kernels.cuda_layer_norm_fwd(x.long(), None, w, None, 1e-5)
+    with pytest.raises(RuntimeError, match="residual must have shape"):
+        torch.ops.nanogpt_kernels.cuda_layer_norm_fwd(x, torch.randn(4, 9), w, None, 1e-5)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("residual", [False, True])
+def test_opcheck(backend, residual):
+    x = torch.randn(7, 48, requires_grad=True)
+    r = torch.randn(7, 48, requires_grad=True) if residual else None
+    w, b = torch.randn(48, requires_grad=True), torch.randn(48, requires_grad=True)
+    torch.library.opcheck(torch.ops.nanogpt_kernels.layer_norm_fwd.default, (x, r, w, b, 1e-5, backend))
+    with torch.no_grad():
+        y, s, mean, rstd = torch.ops.nanogpt_kernels.layer_norm_fwd(x, r, w, b, 1e-5, backend)
+    xs = s if residual else x.detach()
+    torch.library.opcheck(torch.ops.nanogpt_kernels.layer_norm_bwd.default,
+                          (torch.randn(7, 48), xs, w.detach(), mean, rstd, torch.randn(7, 48) if residual else None,
+                           True, backend))
+
+
+def test_opcheck_cpp_ops():
+    x, w, b = torch.randn(7, 48), torch.randn(48), torch.randn(48)
+    torch.library.opcheck(torch.ops.nanogpt_kernels.cuda_layer_norm_fwd.default, (x, torch.randn(7, 48), w, b, 1e-5))
+    _, _, mean, rstd = torch.ops.nanogpt_kernels.cuda_layer_norm_fwd(x, None, w, b, 1e-5)
+    torch.library.opcheck(torch.ops.nanogpt_kernels.cuda_layer_norm_bwd.default,
+                          (torch.randn(7, 48), x, w, mean, rstd, None))
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_torch_compile_fullgraph(backend):
+    ln = nk.nn.LayerNorm(48, backend=backend)
+
+    def block(x, r):
+        s, y = nk.add_layer_norm(x, r, ln.weight, ln.bias, backend=backend)
+        return ln(y * 2) + s
+
+    x, r = torch.randn(2, 5, 48, requires_grad=True), torch.randn(2, 5, 48)
+    compiled = torch.compile(block, fullgraph=True)
+    out = compiled(x, r)
+    out.sum().backward()
+    grad = x.grad.clone()
+    x.grad = None
+    expected = block(x, r)
+    expected.sum().backward()
+    assert max_error(out, expected) < 1e-5 and max_error(grad, x.grad) < 1e-5
+
+
+def test_module_state_dict_compatibility():
+    theirs = torch.nn.LayerNorm(100)
+    with torch.no_grad():
+        theirs.weight.normal_()
+        theirs.bias.normal_()
+    ours = nk.nn.LayerNorm(100, backend="cuda")
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(3, 100)
+    assert max_error(ours(x), theirs(x)) < 1e-5
+    no_bias = nk.nn.LayerNorm(100, bias=False)
+    assert no_bias.bias is None and list(no_bias.state_dict()) == ["weight"]
+    assert set(ours.state_dict()) == {"weight", "bias"}
