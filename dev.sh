@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Set-up and entry points, idempotent: creates .venv (or $VENV) if missing, installs
+# torch 2.14.1 and the test tools, builds and installs this package, then
+#   ./dev.sh check            runs the self-check (python -m nanogpt_kernels check)
+#   ./dev.sh test [ARGS...]   runs the test suite (python -m pytest tests ARGS...)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+command="${1:-}"
+case "$command" in
+  check|test) shift ;;
+  *) echo "usage: ./dev.sh check | test [pytest args...]" >&2; exit 2 ;;
+esac
+
+VENV="${VENV:-.venv}"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+python -m pip install -q torch==2.14.1 pytest ninja numpy
+# --no-build-isolation: build against the torch installed above, not a fresh download.
+MAX_JOBS="${MAX_JOBS:-2}" python -m pip install -q --no-build-isolation -e .
+
+if [ "$command" = check ]; then
+  exec python -m nanogpt_kernels check
+fi
+exec python -m pytest tests "$@"

@@ -1,0 +1,117 @@
+"""Command line: `python -m nanogpt_kernels check`.
+
+check: runs every op on every backend this install can run on the current device (a GPU if
+torch sees one, else the CPU, where "triton" is Triton's interpreter and "cuda" is our CUDA
+source on the CPU harness), compares outputs and gradients with eager PyTorch against a
+float64 reference, prints a table and exits non-zero if anything fails. It is the
+post-install check on a user's GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import nanogpt_kernels as nk
+from nanogpt_kernels.testing import max_error, tolerance
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _layer_norm_case(rows, hidden, device, gen):
+    x = (torch.randn(rows, hidden, generator=gen) * 2 + 0.5).to(device)
+    w = (1 + 0.5 * torch.randn(hidden, generator=gen)).to(device)
+    b = torch.randn(hidden, generator=gen).to(device)
+    dy = torch.randn(rows, hidden, generator=gen).to(device)
+
+    def run(fn, dt):
+        leaves = [t.detach().to(dt).requires_grad_() for t in (x, w, b)]
+        y = fn(*leaves)
+        y.backward(dy.to(dt))
+        return {"y": y, "dx": leaves[0].grad, "dweight": leaves[1].grad, "dbias": leaves[2].grad}
+
+    return run, lambda backend: (lambda x, w, b: nk.layer_norm(x, w, b, backend=backend)), \
+        lambda x, w, b: F.layer_norm(x, (hidden,), w, b)
+
+
+def _add_layer_norm_case(rows, hidden, device, gen):
+    x, r = (torch.randn(2, rows, hidden, generator=gen) * 2).to(device)
+    w = (1 + 0.5 * torch.randn(hidden, generator=gen)).to(device)
+    b = torch.randn(hidden, generator=gen).to(device)
+    ds, dy = torch.randn(2, rows, hidden, generator=gen).to(device)
+
+    def run(fn, dt):
+        leaves = [t.detach().to(dt).requires_grad_() for t in (x, r, w, b)]
+        s, y = fn(*leaves)
+        torch.autograd.backward([s, y], [ds.to(dt), dy.to(dt)])
+        return {"s": s, "y": y, "dx": leaves[0].grad, "dresidual": leaves[1].grad, "dweight": leaves[2].grad,
+                "dbias": leaves[3].grad}
+
+    def eager(x, r, w, b):
+        s = x + r
+        return s, F.layer_norm(s, (hidden,), w, b)
+
+    return run, lambda backend: (lambda x, r, w, b: nk.add_layer_norm(x, r, w, b, backend=backend)), eager
+
+
+OPS = {"layer_norm": _layer_norm_case, "add_layer_norm": _add_layer_norm_case}
+FORWARD_OUTPUTS = {"y", "s"}
+
+
+def check(device: torch.device, rows: int, hidden: int) -> bool:
+    backends = nk.available_backends(device)
+    print(f"nanogpt_kernels {nk.__version__}: checking backends {backends} on {device} "
+          f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU: triton runs in its interpreter, cuda through the CPU harness'}), "
+          f"shape [{rows}, {hidden}]")
+    header = f"{'op':<16}{'backend':<9}{'dtype':<10}{'worst':<10}{'max error':>11}{'tolerance':>11}  result"
+    print(header)
+    print("-" * len(header))
+    ok = True
+    for op, make_case in OPS.items():
+        for dtype in DTYPES:
+            gen = torch.Generator().manual_seed(0)
+            run, ours_for, eager_fn = make_case(rows, hidden, device, gen)
+            ref, eager = run(eager_fn, torch.float64), run(eager_fn, dtype)
+            for backend in backends:
+                start = time.perf_counter()
+                try:
+                    ours = run(ours_for(backend), dtype)
+                except Exception as e:  # a failing backend is a row of the table, not a crash
+                    print(f"{op:<16}{backend:<9}{str(dtype).removeprefix('torch.'):<10}{'-':<10}{'-':>11}{'-':>11}  "
+                          f"FAIL ({type(e).__name__}: {e})")
+                    ok = False
+                    continue
+                worst = None
+                for name in ours:
+                    err = max_error(ours[name], ref[name])
+                    tol = tolerance(eager[name], ref[name], dtype, backward=name not in FORWARD_OUTPUTS)
+                    ratio = err / tol if tol > 0 else (0.0 if err == 0 else float("inf"))
+                    if worst is None or ratio > worst[0]:
+                        worst = (ratio, name, err, tol)
+                _, name, err, tol = worst
+                passed = err <= tol
+                ok &= passed
+                print(f"{op:<16}{backend:<9}{str(dtype).removeprefix('torch.'):<10}{name:<10}{err:>11.3g}{tol:>11.3g}  "
+                      f"{'pass' if passed else 'FAIL'} ({time.perf_counter() - start:.2f}s)")
+    print("all checks passed" if ok else "SOME CHECKS FAILED")
+    return ok
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nanogpt_kernels", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("check", help="run every op on every available backend against eager PyTorch")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--rows", type=int, default=None, help="rows (default 4096 on a GPU, 64 on the CPU)")
+    p.add_argument("--hidden", type=int, default=768, help="hidden size (default 768, GPT-2 small)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    rows = args.rows or (4096 if device.type == "cuda" else 64)
+    return 0 if check(device, rows, args.hidden) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
