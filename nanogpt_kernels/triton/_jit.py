@@ -7,10 +7,38 @@ interpreter for CPU tensors (our tests, and `backend="triton"` on CPU), and a re
 """
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import torch
 import triton
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
+
+
+_interpreted_library = {}
+_interpreting = threading.Lock()
+
+
+@contextlib.contextmanager
+def _library_functions_interpreted():
+    """Triton's own @jit library functions (tl.sum, tl.zeros, tl.max, tl.cdiv, ...) were made
+    JITFunctions when triton was imported without $TRITON_INTERPRET, and a JITFunction refuses
+    to be called from Python. For the duration of an interpreted launch, calling one runs its
+    interpreted twin instead."""
+    def call(self, *args, **kwargs):
+        twin = _interpreted_library.get(self.fn)
+        if twin is None:
+            twin = _interpreted_library[self.fn] = InterpretedFunction(self.fn)
+        return twin(*args, **kwargs)
+
+    with _interpreting:
+        original = JITFunction.__call__
+        JITFunction.__call__ = call
+        try:
+            yield
+        finally:
+            JITFunction.__call__ = original
 
 
 class _DualJITFunction(JITFunction):
@@ -28,9 +56,12 @@ class _DualJITFunction(JITFunction):
         interpreted = self._interpreted[grid]
 
         def launch(*args, **kwargs):
-            interpret = triton.knobs.runtime.interpret or any(
-                isinstance(a, torch.Tensor) and a.device.type == "cpu" for a in (*args, *kwargs.values()))
-            return (interpreted if interpret else compiled)(*args, **kwargs)
+            if triton.knobs.runtime.interpret:
+                return interpreted(*args, **kwargs)
+            if any(isinstance(a, torch.Tensor) and a.device.type == "cpu" for a in (*args, *kwargs.values())):
+                with _library_functions_interpreted():
+                    return interpreted(*args, **kwargs)
+            return compiled(*args, **kwargs)
 
         return launch
 

@@ -17,14 +17,8 @@ import contextlib
 import torch
 import triton
 import triton.language as tl
-from triton.language.standard import _sum_combine
 
 from nanogpt_kernels.triton._jit import jit
-
-# tl.sum and tl.zeros are themselves @triton.jit functions, which the interpreter can call only
-# when $TRITON_INTERPRET was set before triton was imported; our `jit` runs CPU tensors through
-# the interpreter without it. So the kernels use the builtins they lower to: tl.full, and
-# tl.reduce with the standard add combiner, which the interpreter runs as one numpy.sum.
 
 # Chunk widths the launchers pick from: the first that holds the row, else the last.
 _BLOCK_N_CHOICES = (1024, 2048, 4096)
@@ -45,6 +39,22 @@ _TRITON_DTYPES = ("fp32", "fp16", "bf16")  # the dtypes x may have
 
 
 @jit
+def _round_to(
+    x,  # float32 values
+    dtype: tl.constexpr,  # the storage type to convert to
+):
+    # GPUs convert fp32 -> bf16 rounding to nearest even; Triton's interpreter (3.8) truncates,
+    # which would make every CPU run of a bf16 kernel less accurate than the kernel really is.
+    # Rounding the fp32 bits to nearest even first makes the conversion exact on both (on a
+    # GPU it costs four integer ops in a memory-bound kernel).
+    if dtype == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = bits + (0x7FFF + ((bits >> 16) & 1))
+        x = ((bits >> 16) << 16).to(tl.float32, bitcast=True)
+    return x.to(dtype)
+
+
+@jit
 def _load_normalised_input(
     X,  # row start of the input
     R,  # row start of the residual (unused unless HAS_RESIDUAL)
@@ -57,7 +67,7 @@ def _load_normalised_input(
         r = tl.load(R + offs, mask=mask, other=0.0).to(tl.float32)
         # Round as the stored S is rounded, so the statistics describe exactly what backward
         # will be given as its input.
-        x = (x + r).to(X.dtype.element_ty).to(tl.float32)
+        x = _round_to(x + r, X.dtype.element_ty).to(tl.float32)
     return x
 
 
@@ -86,20 +96,20 @@ def _layer_norm_fwd_kernel(
     Y += row * N
     cols = tl.arange(0, BLOCK_N)
 
-    acc = tl.full([BLOCK_N], 0.0, tl.float32)
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     for start in range(0, N, BLOCK_N):
         offs = start + cols
         acc += _load_normalised_input(X, R, offs, offs < N, HAS_RESIDUAL)
-    mean = tl.reduce(acc, 0, _sum_combine) / N
+    mean = tl.sum(acc, axis=0) / N
 
     # Centred second pass: E[x^2] - mean^2 cancels catastrophically when |mean| >> std.
-    acc = tl.full([BLOCK_N], 0.0, tl.float32)
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     for start in range(0, N, BLOCK_N):
         offs = start + cols
         mask = offs < N
         d = tl.where(mask, _load_normalised_input(X, R, offs, mask, HAS_RESIDUAL) - mean, 0.0)
         acc += d * d
-    rstd = 1.0 / tl.sqrt_rn(tl.reduce(acc, 0, _sum_combine) / N + eps)
+    rstd = 1.0 / tl.sqrt_rn(tl.sum(acc, axis=0) / N + eps)
     tl.store(Mean + row, mean)
     tl.store(Rstd + row, rstd)
 
@@ -112,8 +122,8 @@ def _layer_norm_fwd_kernel(
         if HAS_BIAS:
             y += tl.load(B + offs, mask=mask).to(tl.float32)
         if HAS_RESIDUAL:
-            tl.store(S + offs, x.to(S.dtype.element_ty), mask=mask)
-        tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
+            tl.store(S + offs, _round_to(x, S.dtype.element_ty), mask=mask)
+        tl.store(Y + offs, _round_to(y, Y.dtype.element_ty), mask=mask)
 
 
 @jit
@@ -149,8 +159,8 @@ def _layer_norm_bwd_kernel(
         rstd = tl.load(Rstd + row64)
 
         # Masked columns load dy = w = 0, so they add nothing to either sum.
-        acc_g = tl.full([BLOCK_N], 0.0, tl.float32)
-        acc_gxhat = tl.full([BLOCK_N], 0.0, tl.float32)
+        acc_g = tl.zeros([BLOCK_N], dtype=tl.float32)
+        acc_gxhat = tl.zeros([BLOCK_N], dtype=tl.float32)
         for start in range(0, N, BLOCK_N):
             offs = start + cols
             mask = offs < N
@@ -159,8 +169,8 @@ def _layer_norm_bwd_kernel(
             g = dy * tl.load(W + offs, mask=mask, other=0.0).to(tl.float32)
             acc_g += g
             acc_gxhat += g * xhat
-        mean_g = tl.reduce(acc_g, 0, _sum_combine) / N
-        mean_gxhat = tl.reduce(acc_gxhat, 0, _sum_combine) / N
+        mean_g = tl.sum(acc_g, axis=0) / N
+        mean_gxhat = tl.sum(acc_gxhat, axis=0) / N
 
         for start in range(0, N, BLOCK_N):
             offs = start + cols
@@ -171,7 +181,7 @@ def _layer_norm_bwd_kernel(
             dx = (g - mean_g - xhat * mean_gxhat) * rstd
             if HAS_DS:
                 dx += tl.load(DS + row64 * stride_ds_row + offs, mask=mask).to(tl.float32)
-            tl.store(DX + row64 * N + offs, dx.to(DX.dtype.element_ty), mask=mask)
+            tl.store(DX + row64 * N + offs, _round_to(dx, DX.dtype.element_ty), mask=mask)
             # Only this program touches its partial row, so read-modify-write is race-free.
             dw = tl.load(DW_partial + offs, mask=mask)
             tl.store(DW_partial + offs, dw + dy * xhat, mask=mask)
@@ -197,8 +207,8 @@ def _layer_norm_bwd_reduce_kernel(
 ):
     cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     col_mask = cols < N
-    acc_w = tl.full([BLOCK_G, BLOCK_C], 0.0, tl.float32)
-    acc_b = tl.full([BLOCK_G, BLOCK_C], 0.0, tl.float32)
+    acc_w = tl.zeros([BLOCK_G, BLOCK_C], dtype=tl.float32)
+    acc_b = tl.zeros([BLOCK_G, BLOCK_C], dtype=tl.float32)
     # Same tile order and reduction tree on every run: the result is bitwise reproducible.
     for start in range(0, G, BLOCK_G):
         rows = start + tl.arange(0, BLOCK_G)
@@ -207,9 +217,9 @@ def _layer_norm_bwd_reduce_kernel(
         acc_w += tl.load(DW_partial + offs, mask=mask, other=0.0)
         if HAS_BIAS:
             acc_b += tl.load(DB_partial + offs, mask=mask, other=0.0)
-    tl.store(DW + cols, tl.reduce(acc_w, 0, _sum_combine).to(DW.dtype.element_ty), mask=col_mask)
+    tl.store(DW + cols, _round_to(tl.sum(acc_w, axis=0), DW.dtype.element_ty), mask=col_mask)
     if HAS_BIAS:
-        tl.store(DB + cols, tl.reduce(acc_b, 0, _sum_combine).to(DB.dtype.element_ty), mask=col_mask)
+        tl.store(DB + cols, _round_to(tl.sum(acc_b, axis=0), DB.dtype.element_ty), mask=col_mask)
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,10 +305,16 @@ def layer_norm_bwd(dy, xs, weight, has_bias, mean, rstd, ds):
     return dx, dw, db
 
 
+def _aligned_pointers(signature):
+    # Torch allocations are 16-byte aligned and Triton specialises launches on that, so the
+    # kernel users run assumes it: compile the same assumption into the checked variant.
+    return {(i,): [["tt.divisibility", 16]] for i, kind in enumerate(signature.values()) if kind.startswith("*")}
+
+
 def compile_configs():
     """Every kernel configuration the launchers can launch on a GPU, for ahead-of-time compile
-    checks: dicts with name, fn, signature, constexprs and options for
-    `triton.compile(ASTSource(fn, signature, constexprs), target, options)`."""
+    checks: dicts with name, fn, signature, constexprs, attrs and options for
+    `triton.compile(ASTSource(fn, signature, constexprs, attrs), target, options)`."""
     configs = []
     for t in _TRITON_DTYPES:
         for block_n in _BLOCK_N_CHOICES:
@@ -312,7 +328,8 @@ def compile_configs():
                                  **{k: "constexpr" for k in constexprs}}
                     configs.append({"name": f"layer_norm_fwd_{t}_n{block_n}_res{int(has_residual)}_bias{int(has_bias)}",
                                     "fn": _layer_norm_fwd_kernel, "signature": signature,
-                                    "constexprs": constexprs, "options": options})
+                                    "constexprs": constexprs, "options": options,
+                                    "attrs": _aligned_pointers(signature)})
             for has_ds in (False, True):
                 for has_bias in (False, True):
                     constexprs = {"HAS_BIAS": has_bias, "HAS_DS": has_ds, "BLOCK_N": block_n}
@@ -322,12 +339,14 @@ def compile_configs():
                                  "M": "i32", "N": "i32", "G": "i32", **{k: "constexpr" for k in constexprs}}
                     configs.append({"name": f"layer_norm_bwd_{t}_n{block_n}_ds{int(has_ds)}_bias{int(has_bias)}",
                                     "fn": _layer_norm_bwd_kernel, "signature": signature,
-                                    "constexprs": constexprs, "options": options})
+                                    "constexprs": constexprs, "options": options,
+                                    "attrs": _aligned_pointers(signature)})
         for has_bias in (False, True):
             constexprs = {"HAS_BIAS": has_bias, "BLOCK_G": _REDUCE_BLOCK_G, "BLOCK_C": _REDUCE_BLOCK_C}
             signature = {"DW_partial": "*fp32", "DB_partial": "*fp32", "DW": f"*{t}", "DB": f"*{t}",
                          "G": "i32", "N": "i32", **{k: "constexpr" for k in constexprs}}
             configs.append({"name": f"layer_norm_bwd_reduce_{t}_bias{int(has_bias)}",
                             "fn": _layer_norm_bwd_reduce_kernel, "signature": signature,
-                            "constexprs": constexprs, "options": {"num_warps": _REDUCE_NUM_WARPS}})
+                            "constexprs": constexprs, "options": {"num_warps": _REDUCE_NUM_WARPS},
+                            "attrs": _aligned_pointers(signature)})
     return configs
