@@ -34,12 +34,35 @@ __device__ __forceinline__ void load_vec(const T* p, float (&out)[VEC]) {
   for (int k = 0; k < VEC; ++k) out[k] = to_float(v.v[k]);
 }
 
+__device__ __forceinline__ unsigned bits_of(float v) { return __float_as_uint(v); }
+__device__ __forceinline__ unsigned bits_of(__half v) { return __half_as_ushort(v); }
+__device__ __forceinline__ unsigned bits_of(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
+
+// Converts and stores VEC values with one 16-, 8- or 4-byte store. The words are assembled
+// by hand: given a struct of __half to copy, nvcc emits one 16-bit store per element.
 template <typename T, int VEC>
 __device__ __forceinline__ void store_vec(T* p, const float (&in)[VEC]) {
-  Vec<T, VEC> v;
+  constexpr int kWords = (int)(sizeof(T) * VEC / 4);
+  if constexpr (kWords == 0) {
+    *p = from_float<T>(in[0]);
+  } else {
+    constexpr int kPerWord = VEC / kWords;
+    unsigned w[kWords];
 #pragma unroll
-  for (int k = 0; k < VEC; ++k) v.v[k] = from_float<T>(in[k]);
-  *reinterpret_cast<Vec<T, VEC>*>(p) = v;
+    for (int j = 0; j < kWords; ++j) {
+      w[j] = bits_of(from_float<T>(in[j * kPerWord]));
+      if constexpr (kPerWord == 2) w[j] |= bits_of(from_float<T>(in[j * kPerWord + 1])) << 16;
+    }
+    // __stcg: a plain (L2-cached) store, spelled as an intrinsic because for the plain
+    // assignment of a uint4 nvcc sometimes emits four 32-bit stores.
+    if constexpr (kWords == 4) {
+      __stcg(reinterpret_cast<uint4*>(p), make_uint4(w[0], w[1], w[2], w[3]));
+    } else if constexpr (kWords == 2) {
+      __stcg(reinterpret_cast<uint2*>(p), make_uint2(w[0], w[1]));
+    } else {
+      *reinterpret_cast<unsigned*>(p) = w[0];
+    }
+  }
 }
 
 // Sum over the team that owns this row. Every thread gets the total. The per-warp partials
@@ -162,11 +185,15 @@ __global__ void layernorm_bwd_kernel(BwdArgs<T> a) {
   const float inv_cols = 1.0f / (float)a.cols;
   const int64_t team = (int64_t)blockIdx.x * blockDim.y + threadIdx.y;
   const int64_t teams = (int64_t)gridDim.x * blockDim.y;
-  float* pw = a.partial + team * 2 * a.cols;
-  float* pb = pw + a.cols;
+  // The team's partial sums, VEC floats at a time (cols % VEC == 0 on the vector path keeps
+  // them aligned).
+  auto* pw = reinterpret_cast<Vec<float, VEC>*>(a.partial + team * 2 * a.cols);
+  auto* pb = reinterpret_cast<Vec<float, VEC>*>(a.partial + team * 2 * a.cols + a.cols);
   for (int i = threadIdx.x; i < nvec; i += blockDim.x) {
+    Vec<float, VEC> zero;
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) pw[i * VEC + k] = pb[i * VEC + k] = 0.0f;
+    for (int k = 0; k < VEC; ++k) zero.v[k] = 0.0f;
+    pw[i] = pb[i] = zero;
   }
   for (int64_t row = team; row < a.rows; row += teams) {
     const T* dy = a.dy + row * a.dy_stride;
@@ -178,15 +205,18 @@ __global__ void layernorm_bwd_kernel(BwdArgs<T> a) {
       load_vec<T, VEC>(dy + i * VEC, d);
       load_vec<T, VEC>(xs + i * VEC, x);
       load_vec<T, VEC>(a.weight + i * VEC, w);
+      Vec<float, VEC> accw = pw[i], accb = pb[i];
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
         const float xhat = (x[k] - mu) * rs;
         const float g = d[k] * w[k];
         sum_g += g;
         sum_gx += g * xhat;
-        pw[i * VEC + k] += d[k] * xhat;
-        pb[i * VEC + k] += d[k];
+        accw.v[k] += d[k] * xhat;
+        accb.v[k] += d[k];
       }
+      pw[i] = accw;
+      pb[i] = accb;
     }
     const float mean_g = team_sum(sum_g, red) * inv_cols;
     const float mean_gx = team_sum(sum_gx, red) * inv_cols;

@@ -66,10 +66,11 @@ def test_layer_norm_bias_and_leading_dims(backend, dtype, bias):
     check_against_reference(lambda x, w, b: nk.layer_norm(x, w, b, backend=backend), x, w, b, dy)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @pytest.mark.parametrize("layout", ["row_stride", "transposed"])
-def test_layer_norm_non_contiguous(backend, layout):
-    x, w, b, dy = make_inputs(17, 256, torch.float16, "cpu")
+def test_layer_norm_non_contiguous(device, backend, layout):
+    x, w, b, dy = make_inputs(17, 256, torch.float16, device)
     if layout == "row_stride":
         x = x.repeat(1, 2)[:, 3:259]  # rows 512 apart, and not 16-byte aligned: the scalar path
     else:
@@ -78,13 +79,14 @@ def test_layer_norm_non_contiguous(backend, layout):
     check_against_reference(lambda x, w, b: nk.layer_norm(x, w, b, backend=backend), x, w, b, dy)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("rows,hidden", [(1, 48), (7, 1000), (200, 768), (3, 4097)])
-def test_add_layer_norm_matches_reference(backend, dtype, rows, hidden):
-    x, w, b, dy = make_inputs(rows, hidden, dtype, "cpu")
-    r = make_inputs(rows, hidden, dtype, "cpu", seed=1)[0]
-    ds = make_inputs(rows, hidden, dtype, "cpu", seed=2)[3]
+def test_add_layer_norm_matches_reference(device, backend, dtype, rows, hidden):
+    x, w, b, dy = make_inputs(rows, hidden, dtype, device)
+    r = make_inputs(rows, hidden, dtype, device, seed=1)[0]
+    ds = make_inputs(rows, hidden, dtype, device, seed=2)[3]
 
     def run(fn, dt):
         leaves = [t.detach().to(dt).requires_grad_() for t in (x, r, w, b)]
@@ -105,15 +107,17 @@ def test_add_layer_norm_matches_reference(backend, dtype, rows, hidden):
     assert torch.equal(ours[0], eag[0])
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
-def test_layer_norm_wide_rows(backend):
-    x, w, b, dy = make_inputs(2, 16384, torch.bfloat16, "cpu")
+def test_layer_norm_wide_rows(device, backend):
+    x, w, b, dy = make_inputs(2, 16384, torch.bfloat16, device)
     check_against_reference(lambda x, w, b: nk.layer_norm(x, w, b, backend=backend), x, w, b, dy)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
-def test_backward_is_deterministic(backend):
-    x, w, b, dy = make_inputs(200, 768, torch.float32, "cpu")
+def test_backward_is_deterministic(device, backend):
+    x, w, b, dy = make_inputs(200, 768, torch.float32, device)
     first = forward_backward(lambda x, w, b: nk.layer_norm(x, w, b, backend=backend), x, w, b, dy)
     second = forward_backward(lambda x, w, b: nk.layer_norm(x, w, b, backend=backend), x, w, b, dy)
     for a, c in zip(first, second):

@@ -127,6 +127,23 @@ def _layer_norm_fwd_kernel(
 
 
 @jit
+def _load_dy_xhat_g(
+    dy_row,  # row start of DY
+    xs_row,  # row start of XS
+    W,  # weight [N]
+    offs,  # column offsets of this chunk
+    mask,  # columns < N
+    mean,  # the row's mean
+    rstd,  # the row's 1 / std
+):
+    # Masked columns load dy = w = 0, so they add nothing to any sum.
+    dy = tl.load(dy_row + offs, mask=mask, other=0.0).to(tl.float32)
+    xhat = (tl.load(xs_row + offs, mask=mask, other=0.0).to(tl.float32) - mean) * rstd
+    g = dy * tl.load(W + offs, mask=mask, other=0.0).to(tl.float32)
+    return dy, xhat, g
+
+
+@jit
 def _layer_norm_bwd_kernel(
     DY,  # gradient of Y [M, N], unit column stride
     XS,  # the rows that were normalised [M, N], unit column stride
@@ -158,15 +175,12 @@ def _layer_norm_bwd_kernel(
         mean = tl.load(Mean + row64)
         rstd = tl.load(Rstd + row64)
 
-        # Masked columns load dy = w = 0, so they add nothing to either sum.
         acc_g = tl.zeros([BLOCK_N], dtype=tl.float32)
         acc_gxhat = tl.zeros([BLOCK_N], dtype=tl.float32)
         for start in range(0, N, BLOCK_N):
             offs = start + cols
             mask = offs < N
-            dy = tl.load(dy_row + offs, mask=mask, other=0.0).to(tl.float32)
-            xhat = (tl.load(xs_row + offs, mask=mask, other=0.0).to(tl.float32) - mean) * rstd
-            g = dy * tl.load(W + offs, mask=mask, other=0.0).to(tl.float32)
+            dy, xhat, g = _load_dy_xhat_g(dy_row, xs_row, W, offs, mask, mean, rstd)
             acc_g += g
             acc_gxhat += g * xhat
         mean_g = tl.sum(acc_g, axis=0) / N
@@ -175,9 +189,7 @@ def _layer_norm_bwd_kernel(
         for start in range(0, N, BLOCK_N):
             offs = start + cols
             mask = offs < N
-            dy = tl.load(dy_row + offs, mask=mask, other=0.0).to(tl.float32)
-            xhat = (tl.load(xs_row + offs, mask=mask, other=0.0).to(tl.float32) - mean) * rstd
-            g = dy * tl.load(W + offs, mask=mask, other=0.0).to(tl.float32)
+            dy, xhat, g = _load_dy_xhat_g(dy_row, xs_row, W, offs, mask, mean, rstd)
             dx = (g - mean_g - xhat * mean_gxhat) * rstd
             if HAS_DS:
                 dx += tl.load(DS + row64 * stride_ds_row + offs, mask=mask).to(tl.float32)
