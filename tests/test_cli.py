@@ -1,0 +1,29 @@
+"""The command-line entry points and the benchmark script run end to end (tiny shapes)."""
+import json
+import pathlib
+import subprocess
+import sys
+
+from nanogpt_kernels.__main__ import main
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_check_command_passes(capsys):
+    assert main(["check", "--rows", "5", "--hidden", "48"]) == 0
+    out = capsys.readouterr().out
+    for backend in ("eager", "triton", "cuda"):
+        assert f"layer_norm      {backend}" in out
+    assert "all checks passed" in out and "FAIL" not in out
+
+
+def test_benchmark_smoke_run(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_layernorm.py"), "--rows", "3",
+                             "--hidden", "48", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert data["meta"]["smoke"] is True
+    providers = {r["provider"] for r in data["results"]}
+    assert {"eager", "triton", "cuda"} <= providers
+    assert all(r["valid"] for r in data["results"])
