@@ -71,6 +71,8 @@ def triton_installed() -> bool:
 
 def _why_unavailable(backend: str, device: torch.device) -> str | None:
     """None when `backend` can run on `device`, else a sentence saying why not and what to do."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
     if backend == "eager":
         return None
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -93,7 +95,6 @@ def _why_unavailable(backend: str, device: torch.device) -> str | None:
         if device.type not in ("cuda", "cpu"):
             return f"CUDA kernels run on CUDA tensors (or CPU tensors through the harness), got {device}."
         return None
-    raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
 
 
 def available_backends(device: str | torch.device | None = None) -> list[str]:

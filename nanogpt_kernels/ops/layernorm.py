@@ -32,8 +32,8 @@ def _kernels(backend: str):
 
 
 def _cuda_fwd(x, residual, weight, bias, eps):
-    y, s, mean, rstd = torch.ops.nanogpt_kernels.cuda_layer_norm_fwd(x, residual, weight, bias, eps)
-    return y, (s if residual is not None else None), mean, rstd
+    # (y, s, mean, rstd) with s empty without a residual, as layer_norm_fwd returns it.
+    return torch.ops.nanogpt_kernels.cuda_layer_norm_fwd(x, residual, weight, bias, eps)
 
 
 def _cuda_bwd(dy, xs, weight, has_bias, mean, rstd, ds):
@@ -66,7 +66,7 @@ def layer_norm_fwd(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: 
     Returns (y, s, mean, rstd); s is empty when there is no residual."""
     fwd, _ = _kernels(backend)
     y, s, mean, rstd = fwd(_unit_last_stride(x), None if residual is None else _unit_last_stride(residual),
-                           weight, bias, eps)
+                           weight.contiguous(), None if bias is None else bias.contiguous(), eps)
     return y, (x.new_empty(0) if s is None else s), mean, rstd
 
 
@@ -84,8 +84,8 @@ def layer_norm_bwd(dy: Tensor, xs: Tensor, weight: Tensor, mean: Tensor, rstd: T
     """(dx, dweight, dbias); dx includes ds, the gradient of s, when given. dbias is zeros when
     there is no bias."""
     _, bwd = _kernels(backend)
-    dx, dweight, dbias = bwd(_unit_last_stride(dy), _unit_last_stride(xs), weight, has_bias, mean, rstd,
-                             None if ds is None else _unit_last_stride(ds))
+    dx, dweight, dbias = bwd(_unit_last_stride(dy), _unit_last_stride(xs), weight.contiguous(), has_bias,
+                             mean.contiguous(), rstd.contiguous(), None if ds is None else _unit_last_stride(ds))
     return dx, dweight, (torch.zeros_like(weight) if dbias is None else dbias)
 
 

@@ -32,12 +32,15 @@ void run_case(int64_t rows, int64_t cols, int64_t row_stride, bool residual, boo
     ++g_failed;
     return;
   }
-  std::vector<float> dy(rows * cols), dx(rows * cols), dw(cols), db(cols);
-  for (float& e : dy) e = normal(rng);
+  // With a residual the backward also adds ds, the gradient of s, into dx.
+  std::vector<float> dy(rows * cols), ds(residual ? rows * cols : 0), dx(rows * cols), dw(cols), db(cols);
+  for (auto* v : {&dy, &ds})
+    for (float& e : *v) e = normal(rng);
   std::vector<float> ws(nk_cpu::layernorm_bwd_workspace_floats(rows, cols, 3));
   const float* xs = residual ? s.data() : x.data();
   const int64_t xs_stride = residual ? cols : row_stride;
-  nk::LayerNormBwdParams bp{dy.data(), cols, xs, xs_stride, nullptr, 0, w.data(), mean.data(), rstd.data(),
+  nk::LayerNormBwdParams bp{dy.data(), cols, xs, xs_stride, residual ? ds.data() : nullptr, cols, w.data(),
+                            mean.data(), rstd.data(),
                             dx.data(), dw.data(), db.data(), ws.data(), rows, cols, 3, nk::DType::f32};
   if (const char* err = nk_cpu::layernorm_backward(bp, nullptr)) {
     std::printf("FAIL backward launch: %s\n", err);
@@ -68,7 +71,8 @@ void run_case(int64_t rows, int64_t cols, int64_t row_stride, bool residual, boo
     }
     for (int64_t c = 0; c < cols; ++c) {
       const double xhat = (v[c] - mu) * rs, g = dy[i * cols + c] * (double)w[c];
-      worst = std::fmax(worst, std::fabs(dx[i * cols + c] - rs * (g - mg - xhat * mgx)));
+      const double extra = residual ? ds[i * cols + c] : 0.0;
+      worst = std::fmax(worst, std::fabs(dx[i * cols + c] - (rs * (g - mg - xhat * mgx) + extra)));
     }
   }
   for (int64_t c = 0; c < cols; ++c)
@@ -76,6 +80,41 @@ void run_case(int64_t rows, int64_t cols, int64_t row_stride, bool residual, boo
   if (worst > 1e-4) {
     std::printf("FAIL rows=%ld cols=%ld stride=%ld residual=%d bias=%d: max error %g\n", (long)rows, (long)cols,
                 (long)row_stride, residual, bias, worst);
+    ++g_failed;
+  } else {
+    ++g_passed;
+  }
+}
+
+// 16-bit storage types: the vector path moves 8 elements at a time, so its bounds differ from
+// float's. Only bounds (ASan) and finiteness are checked here; accuracy is the Python tests'.
+template <typename T>
+void run_bounds_case(int64_t rows, int64_t cols, int64_t row_stride, bool residual, nk::DType dtype) {
+  std::mt19937 rng(static_cast<unsigned>(rows * 7 + cols));
+  std::normal_distribution<float> normal;
+  auto fill = [&](std::vector<T>& v) {
+    for (T& e : v) e = nk_cpu::from_float<T>(normal(rng));
+  };
+  std::vector<T> x((rows - 1) * row_stride + cols), r(residual ? x.size() : 0), w(cols), b(cols);
+  std::vector<T> y(rows * cols), s(residual ? rows * cols : 0), dy(rows * cols), ds(s.size()), dx(rows * cols);
+  std::vector<T> dw(cols), db(cols);
+  std::vector<float> mean(rows), rstd(rows);
+  for (auto* v : {&x, &r, &w, &b, &dy, &ds}) fill(*v);
+  nk::LayerNormFwdParams fp{x.data(), row_stride, residual ? r.data() : nullptr, row_stride, w.data(), b.data(),
+                            y.data(), residual ? s.data() : nullptr, mean.data(), rstd.data(), rows, cols, 1e-5f,
+                            dtype};
+  std::vector<float> ws(nk_cpu::layernorm_bwd_workspace_floats(rows, cols, 3));
+  nk::LayerNormBwdParams bp{dy.data(), cols, residual ? s.data() : x.data(), residual ? cols : row_stride,
+                            residual ? ds.data() : nullptr, cols, w.data(), mean.data(), rstd.data(), dx.data(),
+                            dw.data(), db.data(), ws.data(), rows, cols, 3, dtype};
+  const char* err = nk_cpu::layernorm_forward(fp, nullptr);
+  if (!err) err = nk_cpu::layernorm_backward(bp, nullptr);
+  bool finite = true;
+  for (auto* v : {&y, &dx, &dw, &db})
+    for (T e : *v) finite &= std::isfinite(nk_cpu::to_float(e));
+  if (err || !finite) {
+    std::printf("FAIL 16-bit rows=%ld cols=%ld stride=%ld residual=%d: %s\n", (long)rows, (long)cols,
+                (long)row_stride, residual, err ? err : "non-finite output");
     ++g_failed;
   } else {
     ++g_passed;
@@ -90,6 +129,10 @@ int main() {
       for (bool residual : {false, true}) {
         run_case(rows, cols, cols, residual, !residual);
         run_case(rows, cols, cols + 4, residual, residual);  // padded rows, still 16-byte aligned
+        for (int64_t stride : {cols, cols + 8}) {
+          run_bounds_case<__half>(rows, cols, stride, residual, nk::DType::f16);
+          run_bounds_case<__nv_bfloat16>(rows, cols, stride, residual, nk::DType::bf16);
+        }
       }
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed ? 1 : 0;
