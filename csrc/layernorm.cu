@@ -96,8 +96,13 @@ struct FwdArgs {
   float eps;
 };
 
+// Launched with up to kMaxThreads threads: the bound makes ptxas keep to the registers that
+// allows (64 per thread), so a launch can never fail for lack of them (it would spill
+// instead, which the compile check catches).
+constexpr int kMaxThreads = 1024;
+
 template <typename T, int VEC>
-__global__ void layernorm_fwd_kernel(FwdArgs<T> a) {
+__global__ void __launch_bounds__(kMaxThreads) layernorm_fwd_kernel(FwdArgs<T> a) {
   __shared__ float red[32];
   const int nvec = a.cols / VEC;
   const float inv_cols = 1.0f / (float)a.cols;
@@ -179,7 +184,7 @@ struct BwdArgs {
 // t + teams, ... and owns row t of `partial` alone, so the two-stage reduction is
 // deterministic: no atomics anywhere.
 template <typename T, int VEC>
-__global__ void layernorm_bwd_kernel(BwdArgs<T> a) {
+__global__ void __launch_bounds__(kMaxThreads) layernorm_bwd_kernel(BwdArgs<T> a) {
   __shared__ float red[32];
   const int nvec = a.cols / VEC;
   const float inv_cols = 1.0f / (float)a.cols;
@@ -276,7 +281,7 @@ TeamShape team_shape(int64_t cols, int vec) {
   if (cols <= kWarpRowMaxCols) return {dim3(32, kWarpRowsPerBlock), kWarpRowsPerBlock};
   int64_t threads = (cols / vec + 3) / 4;
   threads = (threads + 31) / 32 * 32;
-  threads = threads < 128 ? 128 : (threads > 1024 ? 1024 : threads);
+  threads = threads < 128 ? 128 : (threads > kMaxThreads ? kMaxThreads : threads);
   return {dim3((unsigned)threads, 1), 1};
 }
 
