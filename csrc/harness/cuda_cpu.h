@@ -14,8 +14,9 @@
 // overlap, static __shared__ variables are plain function-local statics: one copy serves
 // every block in turn, and AddressSanitizer sees their bounds.
 //
-// Not covered: inline PTX and tensor-core instructions (to come behind wrapper functions),
-// grid-wide sync, cooperative groups, streams (launches are synchronous).
+// Not covered: inline PTX (tensor-core instructions are covered through the wrapper
+// functions of csrc/nk_mma.cuh, which compute their warp-wide results here with
+// warp_gather), grid-wide sync, cooperative groups, streams (launches are synchronous).
 #pragma once
 
 #include <ucontext.h>
@@ -54,7 +55,9 @@
 #define __forceinline__ inline __attribute__((always_inline))
 #define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
-#define __align__(n) alignas(n)
+// As CUDA's host_defines.h spells it: a GNU attribute, unlike alignas, may follow `static`,
+// so the usual `__shared__ __align__(16) T tile[...]` compiles here too.
+#define __align__(n) __attribute__((aligned(n)))
 #define __shared__ static
 
 struct dim3 {
@@ -480,6 +483,24 @@ T shfl_from(unsigned mask, T v, int src_lane, int width) {
   if ((mask >> src) & 1u) std::memcpy(&out, w.slot[src], sizeof(T));
   warp_sync(mask);  // nobody overwrites its slot before every lane has read
   return out;
+}
+
+// Every lane in `mask` receives every lane's `v`: out[i] is lane i's value, T{} for lanes
+// outside the mask. The building block of instructions that read other lanes' registers
+// (mma.sync, ldmatrix in csrc/nk_mma.cuh): one exchange instead of 32 shuffles. Built like
+// shfl_from: write the own mailbox, wait for the others, read them all, wait again.
+template <typename T>
+void warp_gather(unsigned mask, const T& v, T* out) {
+  static_assert(sizeof(T) <= 16 && std::is_trivially_copyable<T>::value,
+                "gathered values must be trivially copyable and at most 16 bytes");
+  Warp& w = my_warp();
+  std::memcpy(w.slot[my_lane()], &v, sizeof(T));
+  warp_sync(mask);
+  for (int i = 0; i < kWarpSize; ++i) {
+    out[i] = T{};
+    if ((mask >> i) & 1u) std::memcpy(&out[i], w.slot[i], sizeof(T));
+  }
+  warp_sync(mask);  // nobody overwrites its slot before every lane has read
 }
 
 inline unsigned vote(unsigned mask, bool pred) {
