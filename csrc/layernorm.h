@@ -6,9 +6,9 @@
 
 #include <cstdint>
 
-namespace nk {
+#include "nk_types.h"
 
-enum class DType : int { f32 = 0, f16 = 1, bf16 = 2 };
+namespace nk {
 
 // y = layer_norm(x) or, with a residual, s = x + residual and y = layer_norm(s).
 // Rows are `cols` contiguous elements `*_row_stride` elements apart.

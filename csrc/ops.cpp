@@ -5,6 +5,14 @@
 #include <Python.h>
 #include <torch/library.h>
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
 
 #ifdef NK_WITH_CUDA
 // Not ATen/cuda/CUDAContext.h: it pulls in cuSPARSE/cuBLAS headers that a bare CUDA toolkit
@@ -15,6 +23,7 @@
 #endif
 
 #include "layernorm.h"
+#include "normal_init.h"
 
 namespace {
 
@@ -154,6 +163,103 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd(
   return {dx, dweight, dbias};
 }
 
+// normal_init_: every argument is checked, for every tensor, before anything is written; the
+// result is one table entry per non-empty tensor.
+std::vector<nk::NormalInitEntry> normal_init_table(const char* op, at::TensorList tensors, at::ArrayRef<double> means,
+                                                   at::ArrayRef<double> stds, at::IntArrayRef streams,
+                                                   at::IntArrayRef offsets, int64_t seed) {
+  const size_t n = tensors.size();
+  TORCH_CHECK(n > 0, op, ": tensors must not be empty");
+  TORCH_CHECK(means.size() == n, op, ": means must have one entry per tensor (", n, "), got ", means.size());
+  TORCH_CHECK(stds.size() == n, op, ": stds must have one entry per tensor (", n, "), got ", stds.size());
+  TORCH_CHECK(streams.size() == n, op, ": streams must have one entry per tensor (", n, "), got ", streams.size());
+  TORCH_CHECK(offsets.size() == n, op, ": offsets must have one entry per tensor (", n, "), got ", offsets.size());
+  TORCH_CHECK(seed >= 0, op, ": seed must be >= 0, got ", seed);
+  const auto device = tensors[0].device();
+  std::vector<nk::NormalInitEntry> table;
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& t = tensors[i];
+    const std::string name = std::string(op) + ": tensors[" + std::to_string(i) + "]";
+    const nk::DType dtype = dtype_of(t, name.c_str());
+    TORCH_CHECK(t.device() == device, op, ": all tensors must be on one device: tensors[0] is on ", device,
+                ", tensors[", i, "] on ", t.device());
+    TORCH_CHECK(t.is_contiguous(), name, " must be contiguous, got strides ", t.strides());
+    // The generator computes in float32: mean and std must be finite there too.
+    const float mean = (float)means[i], std = (float)stds[i];
+    TORCH_CHECK(std::isfinite(stds[i]) && stds[i] >= 0 && std::isfinite(std), op, ": stds[", i,
+                "] must be a finite float32 >= 0, got ", stds[i]);
+    TORCH_CHECK(std::isfinite(means[i]) && std::isfinite(mean), op, ": means[", i, "] must be a finite float32, got ",
+                means[i]);
+    TORCH_CHECK(streams[i] >= 0, op, ": streams[", i, "] must be >= 0, got ", streams[i]);
+    TORCH_CHECK(offsets[i] >= 0 && offsets[i] <= std::numeric_limits<int64_t>::max() - t.numel(), op, ": offsets[", i,
+                "] must be >= 0 with offset + numel < 2**63, got ", offsets[i], " for ", t.numel(), " elements");
+    if (t.numel() > 0) {
+      table.push_back({t.data_ptr(), t.numel(), offsets[i], (uint64_t)streams[i], mean, std, dtype});
+    }
+  }
+  // One launch writes every tensor at once: two that share memory would race.
+  std::vector<std::pair<uintptr_t, size_t>> spans;  // (start, tensor index)
+  for (size_t i = 0; i < n; ++i) {
+    if (tensors[i].numel() > 0) spans.emplace_back(reinterpret_cast<uintptr_t>(tensors[i].data_ptr()), i);
+  }
+  std::sort(spans.begin(), spans.end());
+  for (size_t k = 1; k < spans.size(); ++k) {
+    const at::Tensor& prev = tensors[spans[k - 1].second];
+    const uintptr_t prev_end = spans[k - 1].first + (uintptr_t)(prev.numel() * prev.element_size());
+    TORCH_CHECK(spans[k].first >= prev_end, op, ": tensors[", std::min(spans[k - 1].second, spans[k].second),
+                "] and tensors[", std::max(spans[k - 1].second, spans[k].second),
+                "] overlap in memory: list each memory once");
+  }
+  return table;
+}
+
+// cuda_normal_init_: the CUDA kernel, in one launch (on CPU tensors: the same kernel through
+// the harness, for tests).
+void cuda_normal_init_(at::TensorList tensors, at::ArrayRef<double> means, at::ArrayRef<double> stds,
+                       at::IntArrayRef streams, at::IntArrayRef offsets, int64_t seed) {
+  const auto table = normal_init_table("cuda_normal_init_", tensors, means, stds, streams, offsets, seed);
+  if (table.empty()) return;
+  // chunk_prefix[i]: the chunks of the tensors before table[i]; the kernel's grid covers them all.
+  std::vector<int64_t> prefix(table.size() + 1, 0);
+  for (size_t i = 0; i < table.size(); ++i) {
+    prefix[i + 1] = prefix[i] + nk_cpu::normal_init_chunks(table[i].numel, table[i].offset);
+  }
+  const int n = (int)table.size();
+  const Exec e = exec_for(tensors[0]);
+  if (!e.cuda) {
+    check_launch(nk_cpu::normal_init(table.data(), prefix.data(), n, prefix.back(), (uint64_t)seed, nullptr),
+                 "normal_init");
+    return;
+  }
+#ifdef NK_WITH_CUDA
+  const c10::cuda::CUDAGuard guard(tensors[0].device());
+  // Table and prefix in one pinned buffer, copied with one asynchronous copy on the current
+  // stream (the caching host allocator keeps the buffer alive until the copy has run).
+  static_assert(sizeof(nk::NormalInitEntry) % alignof(int64_t) == 0, "the prefix follows the table");
+  const size_t table_bytes = table.size() * sizeof(nk::NormalInitEntry);
+  const size_t bytes = table_bytes + prefix.size() * sizeof(int64_t);
+  auto host = at::empty({(int64_t)bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  std::memcpy(host.data_ptr(), table.data(), table_bytes);
+  std::memcpy(static_cast<char*>(host.data_ptr()) + table_bytes, prefix.data(), prefix.size() * sizeof(int64_t));
+  const auto device_copy = host.to(tensors[0].device(), at::kByte, /*non_blocking=*/true);
+  const auto* base = static_cast<const char*>(device_copy.data_ptr());
+  check_launch(nk_cuda::normal_init(reinterpret_cast<const nk::NormalInitEntry*>(base),
+                                    reinterpret_cast<const int64_t*>(base + table_bytes), n, prefix.back(),
+                                    (uint64_t)seed, e.stream),
+               "normal_init");
+#endif
+}
+
+// cpu_normal_init_: the multithreaded, vectorised host path (CPU tensors only).
+void cpu_normal_init_(at::TensorList tensors, at::ArrayRef<double> means, at::ArrayRef<double> stds,
+                      at::IntArrayRef streams, at::IntArrayRef offsets, int64_t seed) {
+  const auto table = normal_init_table("cpu_normal_init_", tensors, means, stds, streams, offsets, seed);
+  TORCH_CHECK(tensors[0].is_cpu(), "cpu_normal_init_: tensors must be CPU tensors, got ", tensors[0].device());
+  if (table.empty()) return;
+  const char* err = nk_host::normal_init(table.data(), (int)table.size(), (uint64_t)seed, at::get_num_threads());
+  TORCH_CHECK(err == nullptr, "cpu_normal_init_: ", err);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(nanogpt_kernels, m) {
@@ -161,17 +267,24 @@ TORCH_LIBRARY(nanogpt_kernels, m) {
         "-> (Tensor y, Tensor s, Tensor mean, Tensor rstd)");
   m.def("cuda_layer_norm_bwd(Tensor dy, Tensor xs, Tensor weight, Tensor mean, Tensor rstd, Tensor? ds) "
         "-> (Tensor dx, Tensor dweight, Tensor dbias)");
+  m.def("cuda_normal_init_(Tensor(a!)[] tensors, float[] means, float[] stds, int[] streams, int[] offsets, "
+        "int seed) -> ()");
+  m.def("cpu_normal_init_(Tensor(a!)[] tensors, float[] means, float[] stds, int[] streams, int[] offsets, "
+        "int seed) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(nanogpt_kernels, CPU, m) {
   m.impl("cuda_layer_norm_fwd", &layer_norm_fwd);
   m.impl("cuda_layer_norm_bwd", &layer_norm_bwd);
+  m.impl("cuda_normal_init_", &cuda_normal_init_);
+  m.impl("cpu_normal_init_", &cpu_normal_init_);
 }
 
 #ifdef NK_WITH_CUDA
 TORCH_LIBRARY_IMPL(nanogpt_kernels, CUDA, m) {
   m.impl("cuda_layer_norm_fwd", &layer_norm_fwd);
   m.impl("cuda_layer_norm_bwd", &layer_norm_bwd);
+  m.impl("cuda_normal_init_", &cuda_normal_init_);
 }
 #endif
 

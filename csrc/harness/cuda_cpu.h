@@ -605,6 +605,20 @@ inline float __fdividef(float a, float b) { return a / b; }
 inline float __expf(float x) { return std::exp(x); }
 inline float __logf(float x) { return std::log(x); }
 inline float __saturatef(float x) { return std::fmin(std::fmax(x, 0.0f), 1.0f); }
+// Explicitly rounded operations: IEEE round-to-nearest here as on the GPU, provided the host
+// compiler does not contract a*b+c into an FMA (-ffp-contract=off, see _build_flags.py).
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float a) { return std::sqrt(a); }
+inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
+inline unsigned __umulhi(unsigned a, unsigned b) {
+  return (unsigned)(((unsigned long long)a * b) >> 32);
+}
+inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b) {
+  return (unsigned long long)(((unsigned __int128)a * b) >> 64);
+}
 template <typename T>
 T __ldg(const T* p) { return *p; }
 template <typename T>
@@ -621,6 +635,16 @@ inline unsigned __float_as_uint(float x) {
 inline float __uint_as_float(unsigned u) {
   float x;
   std::memcpy(&x, &u, 4);
+  return x;
+}
+inline int __float_as_int(float x) {
+  int i;
+  std::memcpy(&i, &x, 4);
+  return i;
+}
+inline float __int_as_float(int i) {
+  float x;
+  std::memcpy(&x, &i, 4);
   return x;
 }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
