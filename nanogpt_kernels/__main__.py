@@ -3,8 +3,8 @@
 check: runs every op on every backend this install can run on the current device (a GPU if
 torch sees one, else the CPU, where "triton" is Triton's interpreter and "cuda" is our CUDA
 source on the CPU harness), compares outputs and gradients with eager PyTorch against a
-float64 reference, prints a table and exits non-zero if anything fails. It is the
-post-install check on a user's GPU.
+float64 reference (normal_init_: bit for bit against the eager generator), prints a table and
+exits non-zero if anything fails. It is the post-install check on a user's GPU.
 """
 from __future__ import annotations
 
@@ -96,7 +96,35 @@ def check(device: torch.device, rows: int, hidden: int) -> bool:
                 ok &= passed
                 print(f"{op:<16}{backend:<9}{str(dtype).removeprefix('torch.'):<10}{name:<10}{err:>11.3g}{tol:>11.3g}  "
                       f"{'pass' if passed else 'FAIL'} ({time.perf_counter() - start:.2f}s)")
+    ok &= check_normal_init(device, backends)
     print("all checks passed" if ok else "SOME CHECKS FAILED")
+    return ok
+
+
+def check_normal_init(device: torch.device, backends) -> bool:
+    """normal_init_ must give eager's bits exactly: the row's error is the count of differing
+    elements, and the tolerance is zero."""
+    from nanogpt_kernels.ops.normal_init import normal_eager
+
+    # None is the default path: on CPU tensors our multithreaded C++ code.
+    candidates = [b for b in backends if b != "eager"] + ([None] if device.type == "cpu" else [])
+    sizes, offsets, streams = [1, 5, 4097, 100_000], [0, 3, 1001, 7], [0, 11, 1 << 40, 5]
+    ok = True
+    for dtype in DTYPES:
+        want = [normal_eager(n, seed=1, stream=s, offset=o, mean=0.5, std=0.02, dtype=dtype, device=device)
+                for n, s, o in zip(sizes, streams, offsets)]
+        for backend in candidates:
+            tensors = [torch.empty(n, dtype=dtype, device=device) for n in sizes]
+            start = time.perf_counter()
+            nk.normal_init_(tensors, [0.02] * 4, means=[0.5] * 4, stream_ids=streams, offsets=offsets, seed=1,
+                            backend=backend)
+            wrong = sum(int((t.view(torch.int16 if t.element_size() == 2 else torch.int32)
+                             != w.view(torch.int16 if w.element_size() == 2 else torch.int32)).sum())
+                        for t, w in zip(tensors, want))
+            ok &= wrong == 0
+            name = backend or "c++ cpu"
+            print(f"{'normal_init_':<16}{name:<9}{str(dtype).removeprefix('torch.'):<10}{'bits':<10}{wrong:>11}"
+                  f"{0:>11}  {'pass' if wrong == 0 else 'FAIL'} ({time.perf_counter() - start:.2f}s)")
     return ok
 
 
