@@ -37,7 +37,6 @@ fp32 write needs at 3 TB/s. Compute-bound, and it runs once per training run.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 import triton.language as tl
 
@@ -297,27 +296,30 @@ def normal_init_(tensors, means, stds, streams, offsets, seed):
         if t.dtype not in _DTYPE_CODES or not t.is_contiguous() or t.device != device:
             raise ValueError(f"normal_init_ (triton): tensors[{i}] must be a contiguous float32, float16 or "
                              f"bfloat16 tensor on {device}, got {t.dtype}, strides {t.stride()}, {t.device}")
-    numel = np.array([tensors[i].numel() for i in live], dtype=np.int64)
-    offset = np.array([offsets[i] for i in live], dtype=np.int64)
+    numel = torch.tensor([tensors[i].numel() for i in live], dtype=torch.int64)
+    offset = torch.tensor([offsets[i] for i in live], dtype=torch.int64)
     blocks = (offset + numel - 1) // 4 - offset // 4 + 1  # counter blocks each tensor touches
-    ends = np.cumsum(blocks)
+    ends = torch.cumsum(blocks, 0)
     block = _BLOCK if device.type == "cuda" else _INTERPRETER_BLOCK
     n_programs = -(-int(ends[-1]) // block)
     if n_programs >= 2**31:
         raise ValueError(f"normal_init_ (triton): {n_programs} programs exceed the grid limit")
 
-    table = np.empty((len(live), _ROW), dtype=np.int64)
+    def f32_bits(values):
+        # float64 -> float32 rounds to nearest even, as the spec's float32(mean) does.
+        return torch.tensor(values, dtype=torch.float64).float().view(torch.int32).to(torch.int64) & _MASK32
+
+    table = torch.empty((len(live), _ROW), dtype=torch.int64)
     table[:, 0] = ends - blocks  # first slot
-    table[:, 1] = [tensors[i].data_ptr() for i in live]
+    table[:, 1] = torch.tensor([tensors[i].data_ptr() for i in live], dtype=torch.int64)
     table[:, 2] = numel
     table[:, 3] = offset
-    table[:, 4] = [_as_int64(streams[i]) for i in live]
-    table[:, 5] = [_DTYPE_CODES[tensors[i].dtype] for i in live]
-    # float64 -> float32 rounds to nearest even, as the spec's float32(mean) does.
-    table[:, 6] = np.array([means[i] for i in live], dtype=np.float64).astype(np.float32).view(np.uint32)
-    table[:, 7] = np.array([stds[i] for i in live], dtype=np.float64).astype(np.float32).view(np.uint32)
-    flat = np.concatenate((table.reshape(-1), [seed & _MASK32, (seed >> 32) & _MASK32]))
-    table_dev = torch.from_numpy(flat).to(device)  # the one host-to-device copy
+    table[:, 4] = torch.tensor([_as_int64(streams[i]) for i in live], dtype=torch.int64)
+    table[:, 5] = torch.tensor([_DTYPE_CODES[tensors[i].dtype] for i in live], dtype=torch.int64)
+    table[:, 6] = f32_bits([means[i] for i in live])
+    table[:, 7] = f32_bits([stds[i] for i in live])
+    key = torch.tensor([seed & _MASK32, (seed >> 32) & _MASK32], dtype=torch.int64)
+    table_dev = torch.cat((table.reshape(-1), key)).to(device)  # the one host-to-device copy
 
     with _device_guard(tensors[live[0]]):
         _normal_init_kernel[(n_programs,)](
