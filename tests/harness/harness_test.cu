@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "nk_runtime.cuh"
+#include "check.h"
 
 using namespace NK_NS;
 
@@ -114,16 +115,6 @@ __global__ void deadlock_kernel(float* out) {
 // ---------------------------------------------------------------------------------------
 // Host side (test driver; runs on the CPU through the harness)
 
-static int g_passed = 0, g_failed = 0;
-#define CHECK(cond, ...)                           \
-  do {                                             \
-    if (!(cond)) {                                 \
-      std::printf("FAIL %s: ", __func__);          \
-      std::printf(__VA_ARGS__);                    \
-      std::printf("\n");                           \
-      return false;                                \
-    }                                              \
-  } while (0)
 
 static bool test_reduction() {
   for (int n : {1, 31, 100, 4097}) {

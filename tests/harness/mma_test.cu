@@ -21,6 +21,7 @@
 
 #include "nk_runtime.cuh"
 #include "nk_mma.cuh"
+#include "check.h"
 
 using namespace NK_NS;
 
@@ -207,16 +208,6 @@ __global__ void cp_async_bad_size_kernel(const float* in, float* out) {
 // ---------------------------------------------------------------------------------------
 // Host side (test driver; runs on the CPU through the harness)
 
-static int g_passed = 0, g_failed = 0;
-#define CHECK(cond, ...)                           \
-  do {                                             \
-    if (!(cond)) {                                 \
-      std::printf("FAIL %s: ", __func__);          \
-      std::printf(__VA_ARGS__);                    \
-      std::printf("\n");                           \
-      return false;                                \
-    }                                              \
-  } while (0)
 
 // 64-byte aligned host buffers: cp.async and ldmatrix need 16-byte aligned rows.
 template <typename T>
