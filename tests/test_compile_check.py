@@ -114,3 +114,27 @@ def test_triton_shared_memory_overflow_is_a_problem(tmp_path):
     heavy = reports["matmul_stages7"]
     assert heavy.shared_bytes > 166912, table
     assert any("shared memory" in p for p in heavy.problems), table
+
+
+def test_compiling_after_interpreted_launches(tmp_path):
+    """Running kernels in the interpreter must leave Triton able to compile for GPUs in the same
+    process (Triton's interpreter patches triton.language; our jit wrapper undoes it). A fresh
+    cache makes sure the compiler's front end really runs."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, nanogpt_kernels as nk\n"
+        "nk.layer_norm(torch.randn(4, 48), torch.randn(48), backend='triton')\n"
+        "nk.normal_init_([torch.empty(100)], [1.0], seed=0, backend='triton')\n"
+        "from nanogpt_kernels import _compile_check\n"
+        "from nanogpt_kernels.triton import layernorm\n"
+        "config = layernorm.compile_configs()[0]\n"
+        "reports = _compile_check.triton_reports(ccs=(80,), modules=[type('M', (), {'compile_configs': "
+        "staticmethod(lambda: [config])})])\n"
+        "assert len(reports) == 1 and not reports[0].problems, reports\n"
+    )
+    env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / "triton-cache"))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -12,12 +12,24 @@ import threading
 
 import torch
 import triton
-from triton.runtime.interpreter import InterpretedFunction
+from triton.runtime.interpreter import InterpretedFunction, _patch_lang
 from triton.runtime.jit import JITFunction
 
 
 _interpreted_library = {}
 _interpreting = threading.Lock()
+
+
+def _call_device_function(twin: InterpretedFunction, *args, **kwargs):
+    """What InterpretedFunction.__call__ does for a @jit function called from an interpreted
+    kernel, except that triton.language is un-patched afterwards: Triton's own call leaves it
+    patched for the interpreter for good, and every later triton.compile in the process then
+    fails (it expects $TRITON_INTERPRET to hold for the whole process)."""
+    scope = _patch_lang(twin.fn)
+    try:
+        return twin.rewrite()(*args, **kwargs)
+    finally:
+        scope.restore()
 
 
 @contextlib.contextmanager
@@ -30,7 +42,7 @@ def _library_functions_interpreted():
         twin = _interpreted_library.get(self.fn)
         if twin is None:
             twin = _interpreted_library[self.fn] = InterpretedFunction(self.fn)
-        return twin(*args, **kwargs)
+        return _call_device_function(twin, *args, **kwargs)
 
     with _interpreting:
         original = JITFunction.__call__
@@ -49,7 +61,7 @@ class _DualJITFunction(JITFunction):
     def __call__(self, *args, **kwargs):
         # Only reached when a kernel running in the interpreter calls this function; compiled
         # kernels inline @jit helpers from their source and never call them from Python.
-        return self._interpreted(*args, **kwargs)
+        return _call_device_function(self._interpreted, *args, **kwargs)
 
     def __getitem__(self, grid):
         compiled = super().__getitem__(grid)
