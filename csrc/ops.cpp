@@ -22,7 +22,9 @@
 #include <cuda_runtime_api.h>
 #endif
 
+#include "attention.h"
 #include "layernorm.h"
+#include "mlp.h"
 #include "normal_init.h"
 
 namespace {
@@ -260,6 +262,164 @@ void cpu_normal_init_(at::TensorList tensors, at::ArrayRef<double> means, at::Ar
   TORCH_CHECK(err == nullptr, "cpu_normal_init_: ", err);
 }
 
+// ---------------------------------------------------------------------------------------
+// Attention: the Python op (nanogpt_kernels/ops/attention.py) allocates every output and
+// workspace-free argument; these check what the kernels rely on and launch.
+
+// A [B, H, T, D] tensor of q's shape, dtype and device, with unit stride along D.
+void check_bhtd(const at::Tensor& t, const char* name, const at::Tensor& q) {
+  TORCH_CHECK(t.dim() == 4, name, " must be 4-D [B, H, T, D], got shape ", t.sizes());
+  TORCH_CHECK(t.sizes() == q.sizes(), name, " must have the shape of q ", q.sizes(), ", got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == q.scalar_type(), name, " must have the dtype of q (", q.scalar_type(), "), got ",
+              t.scalar_type());
+  TORCH_CHECK(t.device() == q.device(), name, " must be on ", q.device(), ", got ", t.device());
+  TORCH_CHECK(t.size(3) <= 1 || t.stride(3) == 1, name, " must have unit stride along head_dim, got strides ",
+              t.strides());
+}
+
+void check_lse(const at::Tensor& lse, const at::Tensor& q) {
+  TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.dim() == 3 && lse.size(0) == q.size(0) &&
+                  lse.size(1) == q.size(1) && lse.size(2) == q.size(2) && lse.is_contiguous() &&
+                  lse.device() == q.device(),
+              "lse must be a contiguous float32 [", q.size(0), ", ", q.size(1), ", ", q.size(2), "] tensor on ",
+              q.device(), ", got ", lse.scalar_type(), " ", lse.sizes(), " with strides ", lse.strides());
+}
+
+nk::AttnIn attn_in(const at::Tensor& t) { return {t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)}; }
+nk::AttnOut attn_out(const at::Tensor& t) { return {t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)}; }
+
+void check_attention_args(const at::Tensor& q, double dropout_scale, int64_t dropout_threshold) {
+  dtype_of(q, "q");
+  TORCH_CHECK(nk::attention_head_dim_supported((int)q.size(3)), "q: head_dim must be 16, 32, 64, 80, 96 or 128, got ",
+              q.size(3));
+  TORCH_CHECK(dropout_threshold >= 0 && dropout_threshold <= 0xffffffffLL,
+              "dropout_threshold must be in [0, 2^32), got ", dropout_threshold);
+  TORCH_CHECK(std::isfinite(dropout_scale) && dropout_scale >= 1.0, "dropout_scale must be >= 1, got ",
+              dropout_scale);
+}
+
+void cuda_attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& o,
+                        const at::Tensor& lse, double scale, int64_t dropout_threshold, double dropout_scale,
+                        int64_t seed) {
+  check_bhtd(q, "q", q);
+  check_bhtd(k, "k", q);
+  check_bhtd(v, "v", q);
+  check_bhtd(o, "o", q);
+  check_lse(lse, q);
+  check_attention_args(q, dropout_scale, dropout_threshold);
+  if (q.numel() == 0) return;
+#ifdef NK_WITH_CUDA
+  const c10::cuda::OptionalCUDAGuard guard(q.is_cuda() ? std::optional<c10::Device>(q.device()) : std::nullopt);
+#endif
+  nk::AttentionFwdParams p{attn_in(q), attn_in(k), attn_in(v), attn_out(o), lse.data_ptr<float>(),
+                           q.size(0), q.size(1), q.size(2), (int)q.size(3), (float)scale,
+                           (uint32_t)dropout_threshold, (float)dropout_scale, (uint64_t)seed, dtype_of(q, "q")};
+  const Exec e = exec_for(q);
+  check_launch(NK_DISPATCH(e, attention_forward, p, e.stream), "attention forward");
+}
+
+void cuda_attention_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                        const at::Tensor& o, const at::Tensor& lse, const at::Tensor& dq, const at::Tensor& dk,
+                        const at::Tensor& dv, double scale, int64_t dropout_threshold, double dropout_scale,
+                        int64_t seed) {
+  check_bhtd(q, "q", q);
+  for (const auto& [t, name] : {std::pair{&dout, "dout"}, {&k, "k"}, {&v, "v"}, {&o, "o"}, {&dq, "dq"},
+                                {&dk, "dk"}, {&dv, "dv"}}) {
+    check_bhtd(*t, name, q);
+  }
+  check_lse(lse, q);
+  check_attention_args(q, dropout_scale, dropout_threshold);
+  if (q.numel() == 0) return;
+#ifdef NK_WITH_CUDA
+  const c10::cuda::OptionalCUDAGuard guard(q.is_cuda() ? std::optional<c10::Device>(q.device()) : std::nullopt);
+#endif
+  auto delta = at::empty_like(lse);
+  nk::AttentionBwdParams p{attn_in(q), attn_in(k), attn_in(v), attn_in(o), attn_in(dout),
+                           lse.data_ptr<float>(), delta.data_ptr<float>(),
+                           attn_out(dq), attn_out(dk), attn_out(dv),
+                           q.size(0), q.size(1), q.size(2), (int)q.size(3), (float)scale,
+                           (uint32_t)dropout_threshold, (float)dropout_scale, (uint64_t)seed, dtype_of(q, "q")};
+  const Exec e = exec_for(q);
+  check_launch(NK_DISPATCH(e, attention_backward, p, e.stream), "attention backward");
+}
+
+// ---------------------------------------------------------------------------------------
+// MLP building blocks: nanogpt_kernels/ops/mlp.py composes the fused GELU-MLP from these.
+
+void check_matrix(const at::Tensor& t, const char* name, const at::Tensor& like, int64_t rows, int64_t cols) {
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, name, " must have shape [", rows, ", ", cols,
+              "], got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " must have dtype ", like.scalar_type(), ", got ",
+              t.scalar_type());
+  TORCH_CHECK(t.device() == like.device(), name, " must be on ", like.device(), ", got ", t.device());
+}
+
+void cuda_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& d, const std::optional<at::Tensor>& d2,
+               const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& aux, int64_t epilogue,
+               int64_t gelu) {
+  const nk::DType dtype = dtype_of(a, "a");
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2, "a and b must be 2-D, got shapes ", a.sizes(), " and ", b.sizes());
+  const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
+  check_matrix(b, "b", a, k, n);
+  check_matrix(d, "d", a, m, n);
+  TORCH_CHECK(a.stride(0) == 1 || a.stride(1) == 1, "a must be row- or column-major, got strides ", a.strides());
+  TORCH_CHECK(b.stride(0) == 1 || b.stride(1) == 1, "b must be row- or column-major, got strides ", b.strides());
+  TORCH_CHECK(n <= 1 || d.stride(1) == 1, "d must have unit column stride, got strides ", d.strides());
+  TORCH_CHECK(epilogue >= 0 && epilogue <= 3, "epilogue must be 0 (none), 1 (bias), 2 (bias_gelu) or 3 (gelu_grad), got ",
+              epilogue);
+  TORCH_CHECK(gelu == 0 || gelu == 1, "gelu must be 0 (erf) or 1 (tanh), got ", gelu);
+  const auto ep = static_cast<nk::Epilogue>(epilogue);
+  if (bias) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n && bias->is_contiguous(), "bias must be contiguous [", n,
+                "], got ", bias->sizes());
+    check_matrix(bias->view({1, n}), "bias", a, 1, n);
+  }
+  TORCH_CHECK(ep != nk::Epilogue::bias || bias, "the bias epilogue needs a bias");
+  TORCH_CHECK(ep != nk::Epilogue::bias_gelu || d2, "the bias_gelu epilogue needs d2");
+  if (d2) {
+    check_matrix(*d2, "d2", a, m, n);
+    TORCH_CHECK(n <= 1 || d2->stride(1) == 1, "d2 must have unit column stride, got strides ", d2->strides());
+  }
+  if (ep == nk::Epilogue::gelu_grad) {
+    TORCH_CHECK(aux, "the gelu_grad epilogue needs aux");
+    check_matrix(*aux, "aux", a, m, n);
+    TORCH_CHECK(n <= 1 || aux->stride(1) == 1, "aux must have unit column stride, got strides ", aux->strides());
+  }
+  if (m == 0 || n == 0) return;
+#ifdef NK_WITH_CUDA
+  const c10::cuda::OptionalCUDAGuard guard(a.is_cuda() ? std::optional<c10::Device>(a.device()) : std::nullopt);
+#endif
+  nk::GemmParams p{a.data_ptr(), a.stride(0), a.stride(1), b.data_ptr(), b.stride(0), b.stride(1),
+                   d.data_ptr(), d.stride(0), d2 ? d2->data_ptr() : nullptr, d2 ? d2->stride(0) : 0,
+                   bias ? bias->data_ptr() : nullptr, aux ? aux->data_ptr() : nullptr, aux ? aux->stride(0) : 0,
+                   m, n, k, ep, static_cast<nk::Gelu>(gelu), dtype};
+  const Exec e = exec_for(a);
+  check_launch(NK_DISPATCH(e, gemm, p, e.stream), "gemm");
+}
+
+void cuda_column_sum(const at::Tensor& x, const at::Tensor& out) {
+  const nk::DType dtype = dtype_of(x, "x");
+  TORCH_CHECK(x.dim() == 2, "x must be 2-D, got shape ", x.sizes());
+  TORCH_CHECK(x.size(1) <= 1 || x.stride(1) == 1, "x must have unit column stride, got strides ", x.strides());
+  TORCH_CHECK(out.dim() == 1 && out.size(0) == x.size(1) && out.is_contiguous(), "out must be contiguous [",
+              x.size(1), "], got ", out.sizes());
+  check_matrix(out.view({1, out.size(0)}), "out", x, 1, x.size(1));
+  if (x.size(1) == 0) return;
+  if (x.size(0) == 0) {
+    out.zero_();
+    return;
+  }
+#ifdef NK_WITH_CUDA
+  const c10::cuda::OptionalCUDAGuard guard(x.is_cuda() ? std::optional<c10::Device>(x.device()) : std::nullopt);
+#endif
+  const Exec e = exec_for(x);
+  const int64_t ws = NK_DISPATCH(e, column_sum_workspace_floats, x.size(0), x.size(1));
+  auto workspace = at::empty({std::max<int64_t>(ws, 1)}, x.options().dtype(at::kFloat));
+  check_launch(NK_DISPATCH(e, column_sum, x.data_ptr(), x.stride(0), x.size(0), x.size(1), out.data_ptr(),
+                           workspace.data_ptr<float>(), dtype, e.stream),
+               "column_sum");
+}
+
 }  // namespace
 
 TORCH_LIBRARY(nanogpt_kernels, m) {
@@ -271,6 +431,13 @@ TORCH_LIBRARY(nanogpt_kernels, m) {
         "int seed) -> ()");
   m.def("cpu_normal_init_(Tensor(a!)[] tensors, float[] means, float[] stds, int[] streams, int[] offsets, "
         "int seed) -> ()");
+  m.def("cuda_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor(a!) o, Tensor(b!) lse, float scale, "
+        "int dropout_threshold, float dropout_scale, int seed) -> ()");
+  m.def("cuda_attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor(a!) dq, "
+        "Tensor(b!) dk, Tensor(c!) dv, float scale, int dropout_threshold, float dropout_scale, int seed) -> ()");
+  m.def("cuda_gemm(Tensor a, Tensor b, Tensor(a!) d, Tensor(b!)? d2, Tensor? bias, Tensor? aux, int epilogue, "
+        "int gelu) -> ()");
+  m.def("cuda_column_sum(Tensor x, Tensor(a!) out) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(nanogpt_kernels, CPU, m) {
@@ -278,6 +445,10 @@ TORCH_LIBRARY_IMPL(nanogpt_kernels, CPU, m) {
   m.impl("cuda_layer_norm_bwd", &layer_norm_bwd);
   m.impl("cuda_normal_init_", &cuda_normal_init_);
   m.impl("cpu_normal_init_", &cpu_normal_init_);
+  m.impl("cuda_attention_fwd", &cuda_attention_fwd);
+  m.impl("cuda_attention_bwd", &cuda_attention_bwd);
+  m.impl("cuda_gemm", &cuda_gemm);
+  m.impl("cuda_column_sum", &cuda_column_sum);
 }
 
 #ifdef NK_WITH_CUDA
@@ -285,6 +456,10 @@ TORCH_LIBRARY_IMPL(nanogpt_kernels, CUDA, m) {
   m.impl("cuda_layer_norm_fwd", &layer_norm_fwd);
   m.impl("cuda_layer_norm_bwd", &layer_norm_bwd);
   m.impl("cuda_normal_init_", &cuda_normal_init_);
+  m.impl("cuda_attention_fwd", &cuda_attention_fwd);
+  m.impl("cuda_attention_bwd", &cuda_attention_bwd);
+  m.impl("cuda_gemm", &cuda_gemm);
+  m.impl("cuda_column_sum", &cuda_column_sum);
 }
 #endif
 

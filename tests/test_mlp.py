@@ -1,0 +1,205 @@
+"""gelu_mlp on every backend against a float64 reference, autocast, saved activations, bad
+input, the custom ops, and the module.
+
+On this machine "triton" runs in Triton's interpreter and "cuda" runs our CUDA C++ source
+through the CPU harness; on a GPU machine the same tests also run on CUDA tensors."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import nanogpt_kernels as nk
+from nanogpt_kernels.ops import mlp as mlp_ops
+from nanogpt_kernels.testing import max_error, tolerance
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+KERNEL_BACKENDS = ["triton", "cuda"]
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+NAMES = ("y", "dx", "dfc_weight", "dfc_bias", "dproj_weight", "dproj_bias")
+
+
+def make_inputs(M, C, H, dtype, device, *, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # nn.Linear-like scales, so the pre-activations straddle GELU's curved region.
+    x = torch.randn(M, C, generator=g)
+    w1 = torch.randn(H, C, generator=g) / C ** 0.5
+    b1 = torch.randn(H, generator=g) * 0.5 if bias else None
+    w2 = torch.randn(C, H, generator=g) / H ** 0.5
+    b2 = torch.randn(C, generator=g) * 0.5 if bias else None
+    dy = torch.randn(M, C, generator=g)
+    to = lambda t: None if t is None else t.to(device, dtype)  # noqa: E731
+    return to(x), to(w1), to(b1), to(w2), to(b2), to(dy)
+
+
+def forward_backward(fn, inputs, dy, dtype=None):
+    leaves = [None if t is None else t.detach().to(dtype or t.dtype).requires_grad_() for t in inputs]
+    y = fn(*leaves)
+    y.backward(dy.to(y.dtype))
+    return [y] + [None if t is None else t.grad for t in leaves]
+
+
+def check_against_reference(fn, inputs, dy, approximate):
+    dtype = inputs[0].dtype
+    eager_fn = lambda x, w1, b1, w2, b2: mlp_ops.gelu_mlp_eager(x, w1, b1, w2, b2, approximate)  # noqa: E731
+    ref = forward_backward(eager_fn, inputs, dy, torch.float64)
+    eager = forward_backward(eager_fn, inputs, dy)
+    ours = forward_backward(fn, inputs, dy)
+    for name, o, e, r in zip(NAMES, ours, eager, ref):
+        if r is None:
+            assert o is None, f"{name} should be None"
+            continue
+        assert o.dtype == e.dtype and o.shape == e.shape, f"{name}: {o.dtype} {o.shape} vs eager {e.dtype} {e.shape}"
+        err, tol = max_error(o, r), tolerance(e, r, dtype, backward=name != "y")
+        assert err <= tol, f"{name}: max error {err:.3g} > tolerance {tol:.3g} (eager's error {max_error(e, r):.3g})"
+
+
+def run_case(backend, M, C, H, dtype, device, approximate, bias):
+    inputs, dy = (lambda *t: (t[:5], t[5]))(*make_inputs(M, C, H, dtype, device, bias=bias, seed=M * 7 + C + H))
+    check_against_reference(
+        lambda x, w1, b1, w2, b2: nk.gelu_mlp(x, w1, b1, w2, b2, approximate=approximate, backend=backend),
+        inputs, dy, approximate)
+
+
+# Both GELU forms with and without biases at C = 48; two of those combinations at C = 100
+# (H = 4C) and at H = 200 (C = 48), which is not a multiple of any tile.
+SHAPES = ([(48, 192, a, b) for a in ("none", "tanh") for b in (True, False)]
+          + [(C, H, a, b) for C, H in ((100, 400), (48, 200)) for a, b in (("none", True), ("tanh", False))])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("M", [1, 17, 200])
+@pytest.mark.parametrize("C,H,approximate,bias", SHAPES)
+def test_matches_reference(device, backend, dtype, M, C, H, approximate, bias):
+    run_case(backend, M, C, H, dtype, device, approximate, bias)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("M,dtype", [(17, torch.bfloat16), (1024, torch.float16)], ids=str)
+def test_gpt2_width(device, backend, M, dtype):
+    # GPT-2 small's MLP (C = 768, H = 3072), at a few rows and at M = 1024.
+    run_case(backend, M, 768, 3072, dtype, device, "none", True)
+
+
+@pytest.mark.parametrize("backend", ["eager"] + KERNEL_BACKENDS)
+def test_autocast_behaves_like_eager(backend):
+    x, w1, b1, w2, b2, dy = make_inputs(33, 48, 192, torch.float32, "cpu", seed=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = nk.gelu_mlp(x, w1, b1, w2, b2, backend=backend)
+        eager = mlp_ops.gelu_mlp_eager(x, w1, b1, w2, b2)
+    assert ours.dtype == eager.dtype == torch.bfloat16
+    ref = mlp_ops.gelu_mlp_eager(*(t.bfloat16().double() for t in (x, w1, b1, w2, b2)))
+    assert max_error(ours, ref) <= tolerance(eager, ref, torch.bfloat16, backward=False)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_saves_one_activation_less_than_eager(backend):
+    x, w1, b1, w2, b2, _ = make_inputs(64, 48, 192, torch.float32, "cpu", seed=4)
+    params = [t.requires_grad_() for t in (w1, b1, w2, b2)]
+
+    def saved_bytes(fn):
+        seen = {}
+
+        def pack(t):
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn(x, *params)
+        return sum(seen.values())
+
+    eager = saved_bytes(lambda *a: mlp_ops.gelu_mlp_eager(*a))
+    ours = saved_bytes(lambda *a: nk.gelu_mlp(*a, backend=backend))
+    assert eager - ours >= 64 * 192 * 4, f"eager saves {eager} bytes, ours {ours}"
+
+
+def test_bad_input():
+    x, w1, b1, w2, b2, _ = make_inputs(4, 48, 192, torch.float32, "cpu")
+    with pytest.raises(ValueError, match=r"fc_weight must have shape \[H, 48\]"):
+        nk.gelu_mlp(x, w1[:, :40], b1, w2, b2)
+    with pytest.raises(ValueError, match=r"proj_weight must have shape \(48, 192\)"):
+        nk.gelu_mlp(x, w1, b1, w2[:, :100], b2)
+    with pytest.raises(ValueError, match=r"fc_bias must have shape \(192,\)"):
+        nk.gelu_mlp(x, w1, b1[:10], w2, b2)
+    with pytest.raises(ValueError, match=r"proj_bias must have shape \(48,\)"):
+        nk.gelu_mlp(x, w1, b1, w2, b1)
+    with pytest.raises(TypeError, match="fc_weight must have the dtype of x"):
+        nk.gelu_mlp(x, w1.half(), b1, w2, b2)
+    with pytest.raises(ValueError, match="proj_weight must be on the device of x"):
+        nk.gelu_mlp(x, w1, b1, w2.to("meta"), b2)
+    with pytest.raises(ValueError, match="approximate must be 'none'"):
+        nk.gelu_mlp(x, w1, b1, w2, b2, approximate="sigmoid")
+    with pytest.raises(TypeError, match="x must be float32, float16 or bfloat16"):
+        nk.gelu_mlp(x.long(), w1, b1, w2, b2)
+
+
+def test_cpp_op_checks():
+    nk._backend.load_extension()
+    a, b = torch.randn(4, 8), torch.randn(8, 6)
+    with pytest.raises(RuntimeError, match=r"d must have shape \[4, 6\]"):
+        torch.ops.nanogpt_kernels.cuda_gemm(a, b, torch.empty(4, 5), None, None, None, 0, 0)
+    with pytest.raises(RuntimeError, match="the bias_gelu epilogue needs d2"):
+        torch.ops.nanogpt_kernels.cuda_gemm(a, b, torch.empty(4, 6), None, None, None, 2, 0)
+    with pytest.raises(RuntimeError, match="epilogue must be"):
+        torch.ops.nanogpt_kernels.cuda_gemm(a, b, torch.empty(4, 6), None, None, None, 7, 0)
+    with pytest.raises(RuntimeError, match="a must be row- or column-major"):
+        torch.ops.nanogpt_kernels.cuda_gemm(torch.randn(8, 16)[::2, ::2], b, torch.empty(4, 6), None, None, None, 0, 0)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_opcheck(backend):
+    x, w1, b1, w2, b2, dy = make_inputs(5, 48, 192, torch.float32, DEVICES[-1], seed=5)
+    args = [t.requires_grad_() for t in (x, w1, b1, w2, b2)]
+    torch.library.opcheck(mlp_ops.gelu_mlp_fwd, (*args, "tanh", backend))
+    torch.library.opcheck(mlp_ops.gelu_mlp_fwd, (args[0], args[1], None, args[3], None, "none", backend))
+    _, pre = mlp_ops.gelu_mlp_fwd(x, w1, b1, w2, b2, "none", backend)
+    torch.library.opcheck(mlp_ops.gelu_mlp_bwd, (dy, x, pre, w1, w2, "none", backend))
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_torch_compile_fullgraph(backend):
+    inputs = make_inputs(6, 48, 192, torch.float32, DEVICES[-1], seed=6)
+
+    def f(x, w1, b1, w2, b2):
+        return nk.gelu_mlp(x.view(2, 3, 48), w1, b1, w2, b2, backend=backend).sum(-1)
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    dy = torch.randn(2, 3)
+    ours = forward_backward(compiled, inputs[:5], dy)
+    expected = forward_backward(f, inputs[:5], dy)
+    for a, b in zip(ours, expected):
+        torch.testing.assert_close(a, b)
+
+
+class NanoGPTMLP(torch.nn.Module):
+    """nanoGPT's MLP (model.py), the parity reference."""
+
+    def __init__(self, n_embd, bias, dropout):
+        super().__init__()
+        self.c_fc = torch.nn.Linear(n_embd, 4 * n_embd, bias=bias)
+        self.gelu = torch.nn.GELU()
+        self.c_proj = torch.nn.Linear(4 * n_embd, n_embd, bias=bias)
+        self.dropout = torch.nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+@pytest.mark.parametrize("backend", ["eager"] + KERNEL_BACKENDS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_module_matches_nanogpt(backend, bias):
+    torch.manual_seed(0)
+    theirs = NanoGPTMLP(48, bias, dropout=0.1).eval()
+    ours = nk.nn.MLP(48, bias=bias, dropout=0.1, backend=backend).eval()
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 9, 48)
+    xs = [x.clone().requires_grad_() for _ in range(2)]
+    y_ref, y = theirs(xs[0]), ours(xs[1])
+    dy = torch.randn_like(y)
+    y_ref.backward(dy)
+    y.backward(dy)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(xs[1].grad, xs[0].grad, rtol=1e-5, atol=1e-5)
+    for (name, p), (_, p_ref) in zip(ours.named_parameters(), theirs.named_parameters()):
+        torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-5, atol=1e-5, msg=name)
