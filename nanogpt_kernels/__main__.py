@@ -57,8 +57,47 @@ def _add_layer_norm_case(rows, hidden, device, gen):
     return run, lambda backend: (lambda x, r, w, b: nk.add_layer_norm(x, r, w, b, backend=backend)), eager
 
 
-OPS = {"layer_norm": _layer_norm_case, "add_layer_norm": _add_layer_norm_case}
-FORWARD_OUTPUTS = {"y", "s"}
+def _attention_case(rows, hidden, device, gen):
+    # nanoGPT's layout: head_dim 64, hidden // 64 heads, `rows` tokens as sequences of <= 1024.
+    head_dim = 64
+    n_head, T = max(1, hidden // head_dim), min(rows, 1024)
+    B = max(1, rows // T)
+    qkv = torch.randn(B, T, 3 * n_head * head_dim, generator=gen).to(device)
+    dout = torch.randn(B, n_head, T, head_dim, generator=gen).to(device)
+
+    def run(fn, dt):
+        leaf = qkv.detach().to(dt).requires_grad_()
+        q, k, v = (t.view(B, T, n_head, head_dim).transpose(1, 2) for t in leaf.split(n_head * head_dim, dim=2))
+        out = fn(q, k, v)
+        out.backward(dout.to(dt))
+        return {"out": out, "dqkv": leaf.grad}
+
+    return run, lambda backend: (lambda q, k, v: nk.causal_attention(q, k, v, backend=backend)), \
+        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def _gelu_mlp_case(rows, hidden, device, gen):
+    from nanogpt_kernels.ops.mlp import gelu_mlp_eager
+
+    x = torch.randn(rows, hidden, generator=gen).to(device)
+    w1 = (torch.randn(4 * hidden, hidden, generator=gen) / hidden ** 0.5).to(device)
+    b1 = (0.5 * torch.randn(4 * hidden, generator=gen)).to(device)
+    w2 = (torch.randn(hidden, 4 * hidden, generator=gen) / (4 * hidden) ** 0.5).to(device)
+    b2 = (0.5 * torch.randn(hidden, generator=gen)).to(device)
+    dy = torch.randn(rows, hidden, generator=gen).to(device)
+
+    def run(fn, dt):
+        leaves = [t.detach().to(dt).requires_grad_() for t in (x, w1, b1, w2, b2)]
+        y = fn(*leaves)
+        y.backward(dy.to(dt))
+        return {"y": y, **{n: t.grad for n, t in zip(("dx", "dfc_w", "dfc_b", "dproj_w", "dproj_b"), leaves)}}
+
+    return run, lambda backend: (lambda *a: nk.gelu_mlp(*a, backend=backend)), gelu_mlp_eager
+
+
+OPS = {"layer_norm": _layer_norm_case, "add_layer_norm": _add_layer_norm_case, "causal_attention": _attention_case,
+       "gelu_mlp": _gelu_mlp_case}
+FORWARD_OUTPUTS = {"y", "s", "out"}
 
 
 def check(device: torch.device, rows: int, hidden: int) -> bool:
@@ -66,7 +105,7 @@ def check(device: torch.device, rows: int, hidden: int) -> bool:
     print(f"nanogpt_kernels {nk.__version__}: checking backends {backends} on {device} "
           f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU: triton runs in its interpreter, cuda through the CPU harness'}), "
           f"shape [{rows}, {hidden}]")
-    header = f"{'op':<16}{'backend':<9}{'dtype':<10}{'worst':<10}{'max error':>11}{'tolerance':>11}  result"
+    header = f"{'op':<18}{'backend':<9}{'dtype':<10}{'worst':<10}{'max error':>11}{'tolerance':>11}  result"
     print(header)
     print("-" * len(header))
     ok = True
@@ -80,7 +119,7 @@ def check(device: torch.device, rows: int, hidden: int) -> bool:
                 try:
                     ours = run(ours_for(backend), dtype)
                 except Exception as e:  # a failing backend is a row of the table, not a crash
-                    print(f"{op:<16}{backend:<9}{str(dtype).removeprefix('torch.'):<10}{'-':<10}{'-':>11}{'-':>11}  "
+                    print(f"{op:<18}{backend:<9}{str(dtype).removeprefix('torch.'):<10}{'-':<10}{'-':>11}{'-':>11}  "
                           f"FAIL ({type(e).__name__}: {e})")
                     ok = False
                     continue
@@ -94,7 +133,7 @@ def check(device: torch.device, rows: int, hidden: int) -> bool:
                 _, name, err, tol = worst
                 passed = err <= tol
                 ok &= passed
-                print(f"{op:<16}{backend:<9}{str(dtype).removeprefix('torch.'):<10}{name:<10}{err:>11.3g}{tol:>11.3g}  "
+                print(f"{op:<18}{backend:<9}{str(dtype).removeprefix('torch.'):<10}{name:<10}{err:>11.3g}{tol:>11.3g}  "
                       f"{'pass' if passed else 'FAIL'} ({time.perf_counter() - start:.2f}s)")
     ok &= check_normal_init(device, backends)
     print("all checks passed" if ok else "SOME CHECKS FAILED")
@@ -123,7 +162,7 @@ def check_normal_init(device: torch.device, backends) -> bool:
                         for t, w in zip(tensors, want))
             ok &= wrong == 0
             name = backend or "c++ cpu"
-            print(f"{'normal_init_':<16}{name:<9}{str(dtype).removeprefix('torch.'):<10}{'bits':<10}{wrong:>11}"
+            print(f"{'normal_init_':<18}{name:<9}{str(dtype).removeprefix('torch.'):<10}{'bits':<10}{wrong:>11}"
                   f"{0:>11}  {'pass' if wrong == 0 else 'FAIL'} ({time.perf_counter() - start:.2f}s)")
     return ok
 

@@ -12,8 +12,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 def test_check_command_passes(capsys):
     assert main(["check", "--rows", "5", "--hidden", "48"]) == 0
     out = capsys.readouterr().out
-    for backend in ("eager", "triton", "cuda"):
-        assert f"layer_norm      {backend}" in out
+    for op in ("layer_norm", "add_layer_norm", "causal_attention", "gelu_mlp"):
+        for backend in ("eager", "triton", "cuda"):
+            assert f"{op:<18}{backend}" in out
     assert "all checks passed" in out and "FAIL" not in out
 
 
@@ -27,3 +28,23 @@ def test_benchmark_smoke_run(tmp_path):
     providers = {r["provider"] for r in data["results"]}
     assert {"eager", "triton", "cuda"} <= providers
     assert all(r["valid"] for r in data["results"])
+
+
+def run_smoke_benchmark(tmp_path, script, *args):
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args, "--out", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert data["meta"]["smoke"] is True
+    assert all(r["valid"] for r in data["results"])
+    assert {r["mode"] for r in data["results"]} == {"fwd", "bwd", "fwd+bwd"}
+    return {r["provider"] for r in data["results"]}
+
+
+def test_attention_benchmark_smoke_run(tmp_path):
+    assert {"eager-math", "sdpa", "triton", "cuda"} <= run_smoke_benchmark(tmp_path, "bench_attention.py")
+
+
+def test_mlp_benchmark_smoke_run(tmp_path):
+    assert {"eager", "triton", "cuda"} <= run_smoke_benchmark(tmp_path, "bench_mlp.py", "--approximate", "tanh")
