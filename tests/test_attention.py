@@ -231,11 +231,12 @@ def test_cpp_op_checks():
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 def test_opcheck(backend):
     q, k, v, dout = nanogpt_qkv(1, 2, 9, 32, torch.float32, DEVICES[-1], seed=2)
-    args = (q.detach().requires_grad_(), k.detach().requires_grad_(), v.detach().requires_grad_(), 0.17, 0.0, 0,
-            backend)
-    torch.library.opcheck(attn_ops.attention_fwd, args)
-    out, lse = attn_ops.attention_fwd(q, k, v, 0.17, 0.0, 0, backend)
-    torch.library.opcheck(attn_ops.attention_bwd, (dout, q, k, v, out, lse, 0.17, 0.0, 0, backend))
+    seed = torch.tensor(-5)  # 2^64 - 5 in two's complement
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    for p in (0.0, 0.25):
+        torch.library.opcheck(attn_ops.attention_fwd, (*leaves, 0.17, p, seed, backend))
+        out, lse = attn_ops.attention_fwd(q, k, v, 0.17, p, seed, backend)
+        torch.library.opcheck(attn_ops.attention_bwd, (dout, q, k, v, out, lse, 0.17, p, seed, backend))
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
@@ -250,6 +251,10 @@ def test_torch_compile_fullgraph(backend):
     expected = forward_backward(f, q, k, v, dout)
     for a, b in zip(ours, expected):
         torch.testing.assert_close(a, b)
+    # With no seed, the seed is drawn inside the graph (no .item(), no graph break).
+    drawn = torch.compile(lambda q, k, v: nk.causal_attention(q, k, v, dropout_p=0.1, backend=backend),
+                          fullgraph=True, backend="aot_eager")
+    assert drawn(q, k, v).isfinite().all()
 
 
 class NanoGPTAttention(torch.nn.Module):

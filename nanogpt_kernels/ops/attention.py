@@ -42,35 +42,46 @@ def dropout_threshold(p: float) -> int:
     return min(math.floor(p * 2.0 ** 32), 2 ** 32 - 1) if p > 0 else 0
 
 
-def dropout_keep_mask(seed: int, batch: int, n_head: int, seqlen: int, p: float,
+def dropout_keep_mask(seed: int | Tensor, batch: int, n_head: int, seqlen: int, p: float,
                       device: torch.device | str = "cpu") -> Tensor:
     """bool [batch, n_head, T, T]: True where the spec keeps the probability (the reference
-    for every backend; it materialises T x T, so it is for tests and the eager backend)."""
-    if not 0 <= seed < 2 ** 64:
-        raise ValueError(f"seed must be in [0, 2^64), got {seed}")
+    for every backend; it materialises T x T, so it is for tests and the eager backend).
+    `seed`: an int in [0, 2^64), or an int64 tensor holding it in two's complement."""
+    if isinstance(seed, Tensor):
+        k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
+    else:
+        if not 0 <= seed < 2 ** 64:
+            raise ValueError(f"seed must be in [0, 2^64), got {seed}")
+        k0, k1 = seed & _MASK32, seed >> 32
     i = torch.arange(seqlen, dtype=torch.int64).view(1, seqlen, 1)
     groups = torch.arange((seqlen + 3) // 4, dtype=torch.int64).view(1, 1, -1)
     bh = torch.arange(batch * n_head, dtype=torch.int64).view(-1, 1, 1)
     shape = (batch * n_head, seqlen, groups.shape[-1])
     words = philox4x32_10(groups.expand(shape), i.expand(shape), bh.expand(shape), torch.zeros(shape, dtype=torch.int64),
-                          seed & _MASK32, seed >> 32)
+                          k0, k1)
     # Word w of group g belongs to column 4g + w.
     u = torch.stack(words, dim=-1).reshape(batch * n_head, seqlen, -1)[..., :seqlen]
     return (u >= dropout_threshold(p)).view(batch, n_head, seqlen, seqlen).to(device)
 
 
-def _draw_seed() -> int:
-    # From torch's default CPU generator, so torch.manual_seed makes dropout reproducible.
-    return int(torch.randint(0, 2 ** 62, (), dtype=torch.int64).item())
+def _seed_tensor(seed: Optional[int]) -> Tensor:
+    """The seed as a 0-d int64 CPU tensor (two's complement above 2^63). A tensor, not an int,
+    so that drawing it from torch's default generator (when the user gives none;
+    torch.manual_seed then makes dropout reproducible) needs no .item(): torch.compile traces
+    the draw into the graph."""
+    if seed is None:
+        return torch.randint(-2 ** 63, 2 ** 63 - 1, (), dtype=torch.int64)
+    return torch.tensor(seed - 2 ** 64 if seed >= 2 ** 63 else seed, dtype=torch.int64)
+
+
+def _unsigned(seed: Tensor) -> int:
+    s = int(seed)
+    return s + 2 ** 64 if s < 0 else s
 
 
 def _as_signed(seed: int) -> int:
-    # The ops' `int` is int64: a seed in [2^63, 2^64) travels as its two's complement.
+    # The C++ ops' `int` is int64: a seed in [2^63, 2^64) travels as its two's complement.
     return seed - 2 ** 64 if seed >= 2 ** 63 else seed
-
-
-def _as_unsigned(seed: int) -> int:
-    return seed + 2 ** 64 if seed < 0 else seed
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,15 +138,15 @@ _KERNELS = {"triton": (_triton_fwd, _triton_bwd), "cuda": (_cuda_fwd, _cuda_bwd)
 
 
 @torch.library.custom_op("nanogpt_kernels::attention_fwd", mutates_args=())
-def attention_fwd(q: Tensor, k: Tensor, v: Tensor, scale: float, dropout_p: float, seed: int,
+def attention_fwd(q: Tensor, k: Tensor, v: Tensor, scale: float, dropout_p: float, seed: Tensor,
                   backend: str) -> tuple[Tensor, Tensor]:
     """(out, lse): causal attention of [B, H, T, D] q, k, v and the natural-log logsumexp of
-    each row of scaled scores (fp32, [B, H, T])."""
+    each row of scaled scores (fp32, [B, H, T]). `seed`: see `_seed_tensor`."""
     fwd, _ = _KERNELS[backend]
     q, k, v = (_kernel_layout(t, backend) for t in (q, k, v))
     o = _empty_bthd(q)
     lse = q.new_empty(q.shape[:3], dtype=torch.float32)
-    fwd(q, k, v, o, lse, scale, dropout_threshold(dropout_p), 1.0 / (1.0 - dropout_p), _as_unsigned(seed))
+    fwd(q, k, v, o, lse, scale, dropout_threshold(dropout_p), 1.0 / (1.0 - dropout_p), _unsigned(seed))
     return o, lse
 
 
@@ -146,13 +157,13 @@ def _attention_fwd_fake(q, k, v, scale, dropout_p, seed, backend):
 
 @torch.library.custom_op("nanogpt_kernels::attention_bwd", mutates_args=())
 def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float,
-                  dropout_p: float, seed: int, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+                  dropout_p: float, seed: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """(dq, dk, dv) from the forward's inputs, output and logsumexp."""
     _, bwd = _KERNELS[backend]
     dout, q, k, v, out = (_kernel_layout(t, backend) for t in (dout, q, k, v, out))
     dq, dk, dv = _empty_bthd(q), _empty_bthd(k), _empty_bthd(v)
     bwd(dout, q, k, v, out, lse.contiguous(), dq, dk, dv, scale, dropout_threshold(dropout_p),
-        1.0 / (1.0 - dropout_p), _as_unsigned(seed))
+        1.0 / (1.0 - dropout_p), _unsigned(seed))
     return dq, dk, dv
 
 
@@ -191,7 +202,7 @@ _backend.on_extension_load(_register_cuda_op_fakes)
 
 
 def attention_eager(q: Tensor, k: Tensor, v: Tensor, scale: float, dropout_p: float = 0.0,
-                    seed: int = 0) -> Tensor:
+                    seed: int | Tensor = 0) -> Tensor:
     """The eager reference: PyTorch's attention, with the spec's dropout mask when p > 0 (so the
     eager backend drops the same elements as the kernels)."""
     if dropout_p == 0:
@@ -246,9 +257,7 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, *, scale: Optional[float] 
     backend = _validate(q, k, v, scale, dropout_p, seed, backend)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     dropout_p = float(dropout_p)
-    if dropout_p > 0 and seed is None:
-        seed = _draw_seed()
-    seed = 0 if dropout_p == 0 else seed
+    seed = _seed_tensor(seed if dropout_p > 0 else 0)
     if backend == "eager" or q.numel() == 0:
         return attention_eager(q, k, v, scale, dropout_p, seed)
-    return attention_fwd(q, k, v, scale, dropout_p, _as_signed(seed), backend)[0]
+    return attention_fwd(q, k, v, scale, dropout_p, seed, backend)[0]
