@@ -16,7 +16,7 @@ VENV="${VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
-python -m pip install -q torch==2.14.1 pytest ninja numpy transformers
+python -m pip install -q torch==2.14.1 pytest pytest-benchmark ninja numpy transformers matplotlib tqdm
 # --no-build-isolation: build against the torch installed above, not a fresh download.
 MAX_JOBS="${MAX_JOBS:-2}" python -m pip install -q --no-build-isolation -e .
 
