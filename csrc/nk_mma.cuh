@@ -13,6 +13,8 @@
 //   cp_async_commit/wait<N>    cp.async.commit_group / cp.async.wait_group N
 //   pack_half2/pack_bf162      cvt.rn.f16x2.f32 / cvt.rn.bf16x2.f32
 //   mma_m16n8k16<T>, pack2<T>  the f16 or bf16 one of the above, for templated kernels
+//   mma_acc_row/col            where accumulator element i of a lane sits in the 16x8 tile
+//   mma_acc_to_a<T>            two accumulator tiles side by side as one A fragment
 //
 // Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type"),
 // with g = lane / 4 (groupID) and t = lane % 4 (threadID_in_group); a 32-bit register holds
@@ -40,17 +42,6 @@
 #ifndef __CUDACC__
 namespace nk_harness {
 
-// Element i (0-based, counting 16-bit halves from the low half of register 0) of lane
-// `lane`'s A, B and C/D fragment of mma.m16n8k16: its row and column in the matrix.
-struct Mma16816Layout {
-  static int a_row(int lane, int i) { return lane / 4 + ((i / 2) % 2) * 8; }  // a0,a1,a4,a5: g
-  static int a_col(int lane, int i) { return (lane % 4) * 2 + i % 2 + (i / 4) * 8; }
-  static int b_row(int lane, int i) { return (lane % 4) * 2 + i % 2 + (i / 2) * 8; }  // k
-  static int b_col(int lane, int) { return lane / 4; }                                  // n
-  static int c_row(int lane, int i) { return lane / 4 + (i / 2) * 8; }
-  static int c_col(int lane, int i) { return (lane % 4) * 2 + i % 2; }
-};
-
 // .sync.aligned instructions: every lane of the warp executes them together. The harness
 // would also refuse the partial warp in warp_sync; this says which instruction it was.
 inline void require_full_warp(const char* instruction) {
@@ -66,10 +57,14 @@ inline float bits_to_float(uint16_t bits, __nv_bfloat16) {
 inline uint16_t half_of(uint32_t reg, int which) { return (uint16_t)(which ? reg >> 16 : reg); }
 
 // D = A * B + C for one m16n8k16 tile. Every lane hands over its A and B registers; each
-// then rebuilds the whole 16x16 A and 16x8 B and computes its own four D elements (which
-// sit where its C elements sit, so C needs no exchange). Products of two fp16 or bf16
-// values are exact in fp32 (11+11 and 8+8 significant bits, barring bf16 under- and
-// overflow), so the only rounding is the fp32 accumulation, done in a fixed order: c, then
+// then computes its own four D elements (which sit where its C elements sit, so C needs no
+// exchange) from the two rows of A and two columns of B they need: rows g and g + 8 of A are
+// lanes 4g..4g+3's a[0], a[2] (row g) and a[1], a[3] (row g + 8); column n of B is lanes
+// 4n..4n+3's b[0] (k < 8) and b[1] (k >= 8), k = 2 * (lane % 4) + half (+ 8). Reading only
+// those (64 conversions per lane instead of rebuilding all of A and B, 384) is what keeps the
+// harness runs of the attention kernels, millions of mma calls, in seconds. Products of two
+// fp16 or bf16 values are exact in fp32 (11+11 and 8+8 significant bits, barring bf16 under-
+// and overflow), so the only rounding is the fp32 accumulation, done in a fixed order: c, then
 // k = 0, 1, ..., 15. The tensor cores' order is unspecified: results can differ from the
 // GPU's in the last bits unless every partial sum is exact (small integers, multiples of
 // 1/8 ...).
@@ -82,20 +77,24 @@ inline void mma_m16n8k16(float* d, const uint32_t* a, const uint32_t* b, const f
   require_full_warp("mma.sync");
   warp_gather(0xffffffffu, AFrag{{a[0], a[1], a[2], a[3]}}, all_a);
   warp_gather(0xffffffffu, BFrag{{b[0], b[1]}}, all_b);
-  using L = Mma16816Layout;
-  float A[16][16], B[16][8];
-  for (int l = 0; l < kWarpSize; ++l) {
-    for (int i = 0; i < 8; ++i)
-      A[L::a_row(l, i)][L::a_col(l, i)] = bits_to_float(half_of(all_a[l].r[i / 2], i % 2), T{});
-    for (int i = 0; i < 4; ++i)
-      B[L::b_row(l, i)][L::b_col(l, i)] = bits_to_float(half_of(all_b[l].r[i / 2], i % 2), T{});
-  }
-  const int lane = my_lane();
+  const int lane = my_lane(), g = lane / 4, t = lane % 4;
+  float A[2][16], B[2][16];  // A[r][k]: row g + 8r; B[c][k]: column 2t + c
+  for (int l = 0; l < 4; ++l)
+    for (int e = 0; e < 2; ++e) {
+      const int k = 2 * l + e;
+      for (int r = 0; r < 2; ++r) {
+        A[r][k] = bits_to_float(half_of(all_a[4 * g + l].r[r], e), T{});
+        A[r][k + 8] = bits_to_float(half_of(all_a[4 * g + l].r[r + 2], e), T{});
+      }
+      for (int cc = 0; cc < 2; ++cc) {
+        B[cc][k] = bits_to_float(half_of(all_b[4 * (2 * t + cc) + l].r[0], e), T{});
+        B[cc][k + 8] = bits_to_float(half_of(all_b[4 * (2 * t + cc) + l].r[1], e), T{});
+      }
+    }
   float out[4];
   for (int i = 0; i < 4; ++i) {
-    const int row = L::c_row(lane, i), col = L::c_col(lane, i);
     float acc = c[i];
-    for (int k = 0; k < 16; ++k) acc += A[row][k] * B[k][col];
+    for (int k = 0; k < 16; ++k) acc += A[i / 2][k] * B[i % 2][k];
     out[i] = acc;
   }
   for (int i = 0; i < 4; ++i) d[i] = out[i];  // after reading c: d may alias c
@@ -191,6 +190,17 @@ __device__ __forceinline__ void mma_m16n8k16(float* d, const uint32_t* a, const 
   if constexpr (std::is_same<T, __half>::value) mma_m16n8k16_f16(d, a, b, c);
   else mma_m16n8k16_bf16(d, a, b, c);
 }
+
+// Row and column, within the 16x8 tile, of accumulator element i (0..3) of lane `lane`
+// (the C/D layout at the top of this file).
+__device__ __forceinline__ int mma_acc_row(int lane, int i) { return lane / 4 + (i >= 2 ? 8 : 0); }
+__device__ __forceinline__ int mma_acc_col(int lane, int i) { return 2 * (lane % 4) + (i & 1); }
+
+// The A fragment of the 16x16 tile whose columns 0-7 are the accumulator tile c_lo and whose
+// columns 8-15 are c_hi, rounded to T: a lane's C elements sit exactly where its A elements
+// go, so no data moves between lanes (FlashAttention's P = softmax(S) feeding P V).
+template <typename T>
+__device__ __forceinline__ void mma_acc_to_a(uint32_t* a, const float* c_lo, const float* c_hi);
 
 // ---------------------------------------------------------------------------------------
 // ldmatrix: load 1, 2 or 4 8x8 matrices of 16-bit elements from shared memory into
@@ -356,6 +366,16 @@ template <typename T>
 __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
   if constexpr (std::is_same<T, __half>::value) return pack_half2(lo, hi);
   else return pack_bf162(lo, hi);
+}
+
+// a[0]: (g, 2t..2t+1) = c_lo[0..1]; a[1]: (g+8, 2t..) = c_lo[2..3]; a[2]: (g, 2t+8..) =
+// c_hi[0..1]; a[3]: (g+8, 2t+8..) = c_hi[2..3].
+template <typename T>
+__device__ __forceinline__ void mma_acc_to_a(uint32_t* a, const float* c_lo, const float* c_hi) {
+  a[0] = pack2<T>(c_lo[0], c_lo[1]);
+  a[1] = pack2<T>(c_lo[2], c_lo[3]);
+  a[2] = pack2<T>(c_hi[0], c_hi[1]);
+  a[3] = pack2<T>(c_hi[2], c_hi[3]);
 }
 
 }  // namespace NK_NS

@@ -184,6 +184,24 @@ __global__ void pack_kernel(const float* lo, const float* hi, uint32_t* h2, uint
   }
 }
 
+// mma_acc_row/col and mma_acc_to_a: lane l fills its accumulator elements of two 16x8 tiles
+// with the value row * 16 + col of the 16x16 matrix they form side by side (exact in fp16 and
+// bf16), as mma_acc_row/col place them, converts them into an A fragment and writes out its
+// 4 registers and the 4 (row, col) pairs. out: [32 lanes][4 registers], rc: [32][4][2].
+template <typename T>
+__global__ void acc_to_a_kernel(uint32_t* out, int* rc) {
+  const int lane = threadIdx.x % 32;
+  float lo[4], hi[4];
+  for (int i = 0; i < 4; ++i) {
+    const int row = mma_acc_row(lane, i), col = mma_acc_col(lane, i);
+    rc[(lane * 4 + i) * 2] = row;
+    rc[(lane * 4 + i) * 2 + 1] = col;
+    lo[i] = (float)(row * 16 + col);
+    hi[i] = (float)(row * 16 + col + 8);
+  }
+  mma_acc_to_a<T>(out + lane * 4, lo, hi);
+}
+
 // Misbehaving kernels, each run alone by name; the harness must abort with a clear message.
 __global__ void mma_partial_warp_kernel(float* out) {  // launched with 16 threads
   uint32_t a[4] = {0, 0, 0, 0}, b[2] = {0, 0};
@@ -224,6 +242,9 @@ struct Aligned {
 template <typename T>
 using avec = std::vector<T, Aligned<T>>;
 
+static uint32_t bits_of(__half h) { return __half_as_ushort(h); }
+static uint32_t bits_of(__nv_bfloat16 b) { return __bfloat16_as_ushort(b); }
+
 template <typename T>
 static const char* type_name() { return std::is_same<T, __half>::value ? "f16" : "bf16"; }
 
@@ -241,7 +262,8 @@ static float exact_value(int i, int j, int salt, float scale) {
   return (float)(((i * 7 + j * 3 + salt * 5) % 9) - 4) * scale;
 }
 
-// (a) One m16n8k16 through ldmatrix, per warp; 1 warp and 4 warps (2 x 2 tiles).
+// (a) One m16n8k16 through ldmatrix, per warp; 1 warp and 4 warps (2 x 2 tiles); and the
+// accumulator layout helpers.
 template <typename T, bool kBKN>
 static bool check_mma_tile(int m_tiles, int n_tiles, bool exact, std::mt19937& rng) {
   const int m = 16 * m_tiles, n = 8 * n_tiles, k = 16;
@@ -277,6 +299,31 @@ static bool check_mma_tile(int m_tiles, int n_tiles, bool exact, std::mt19937& r
   return true;
 }
 
+// The accumulator layout helpers against the ISA's C layout (acc_row/acc_col above) and
+// the C -> A conversion against its A layout: a[0] (g, 2t..2t+1), a[1] (g+8, 2t..2t+1),
+// a[2] (g, 2t+8..2t+9), a[3] (g+8, 2t+8..2t+9), lower column in the low half.
+template <typename T>
+static bool check_acc_to_a() {
+  std::vector<uint32_t> out(32 * 4, 0xdeadbeefu);
+  std::vector<int> rc(32 * 4 * 2, -1);
+  CHECK(launch_kernel(acc_to_a_kernel<T>, dim3(1), dim3(32), 0, nullptr, out.data(), rc.data()) == cudaSuccess, "launch");
+  for (int lane = 0; lane < 32; ++lane) {
+    for (int i = 0; i < 4; ++i)
+      CHECK(rc[(lane * 4 + i) * 2] == acc_row(lane, i) && rc[(lane * 4 + i) * 2 + 1] == acc_col(lane, i),
+            "%s: lane %d element %d at (%d, %d), want (%d, %d)", type_name<T>(), lane, i, rc[(lane * 4 + i) * 2],
+            rc[(lane * 4 + i) * 2 + 1], acc_row(lane, i), acc_col(lane, i));
+    const int g = lane / 4, t = lane % 4;
+    const int rows[4] = {g, g + 8, g, g + 8}, cols[4] = {2 * t, 2 * t, 2 * t + 8, 2 * t + 8};
+    for (int j = 0; j < 4; ++j) {
+      const uint32_t lo = bits_of(from_float<T>((float)(rows[j] * 16 + cols[j])));
+      const uint32_t hi = bits_of(from_float<T>((float)(rows[j] * 16 + cols[j] + 1)));
+      const uint32_t want = lo | (hi << 16);
+      CHECK(out[lane * 4 + j] == want, "%s: lane %d a[%d] = %08x, want %08x", type_name<T>(), lane, j, out[lane * 4 + j], want);
+    }
+  }
+  return true;
+}
+
 static bool test_mma_tile() {
   std::mt19937 rng(1234);
   for (int warps : {1, 4}) {
@@ -288,7 +335,7 @@ static bool test_mma_tile() {
       if (!check_mma_tile<__nv_bfloat16, false>(mt, nt, exact, rng)) return false;
     }
   }
-  return true;
+  return check_acc_to_a<__half>() && check_acc_to_a<__nv_bfloat16>();
 }
 
 // (b) The GEMM. Matrices are allocated to end exactly at their last element, so that a
