@@ -60,9 +60,13 @@ def check_against_reference(backend, q, k, v, dout, *, dropout_p=0.0, seed=0):
                                  q, k, v, dout)
     ours = forward_backward(lambda q, k, v: nk.causal_attention(q, k, v, dropout_p=dropout_p, seed=seed,
                                                                 backend=backend), q, k, v, dout)
+    # dq and dk sum terms that cancel (exactly, for the first query row): their rounding floor
+    # is set by the gradients' common magnitude, not by their own.
+    grad_magnitude = max(g.abs().max().item() for g in ref[1:])
     for name, o, e, r, bwd in zip(("out", "dq", "dk", "dv"), ours, eager, ref, (False, True, True, True)):
         assert o.dtype == dtype and o.shape == e.shape, f"{name}: {o.dtype} {o.shape} vs eager {e.dtype} {e.shape}"
-        err, tol = max_error(o, r), tolerance(e, r, dtype, backward=bwd)
+        err = max_error(o, r)
+        tol = tolerance(e, r, dtype, backward=bwd, magnitude=grad_magnitude if bwd else None)
         assert err <= tol, f"{name}: max error {err:.3g} > tolerance {tol:.3g} (eager's error {max_error(e, r):.3g})"
     return ours
 
