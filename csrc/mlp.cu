@@ -1,0 +1,526 @@
+// mlp.cu: GEMM with a fused epilogue (bias, GELU, GELU derivative) and a deterministic column
+// sum: the building blocks of the GELU-MLP forward and backward (see mlp.h for the algebra).
+//
+// Torch-free: compiled by nvcc for sm_80/sm_90a and, through csrc/cpu/mlp_cpu.cpp, by the host
+// compiler against the CPU harness, where the tensor-core wrappers of nk_mma.cuh emulate each
+// warp, so our tests execute this very code.
+//
+// fp16/bf16: a tensor-core GEMM, mma.sync m16n8k16 with fp32 accumulators. Global -> shared
+// with 16-byte cp.async in a 3-stage pipeline, shared -> registers with ldmatrix (.trans for
+// operands whose contiguous dimension is M or N instead of K), the epilogue on the
+// accumulators in registers. Tiles: 128x128x32 over 8 warps (each warp 64x32) when that gives
+// at least a wave of blocks, else 64x64x32 over 4 warps (each 32x32).
+// Napkin math, GPT-2 small fc (M = 8192 tokens, K = 768, N = 3072): 38.7 GFLOP, 384 k-steps of
+// 16 per 128x128 tile ... 1536 tiles over 132 SMs at 2 blocks each, ~6 waves; at 400 TFLOP/s
+// of mma.sync that is ~100 us, while the bytes (x 12.6 MB, W 4.7 MB, P and A out 2 x 50 MB)
+// take ~35 us at 3.35 TB/s: compute bound, so the tiles are sized for reuse: 128x128 tiles read
+// (128 + 128) * 32 * 2 B = 16 KB per 2 * 128 * 128 * 32 = 1 MFLOP, 64 FLOP/B from L2.
+// Operands whose rows are not 16-byte aligned (C = 100 in fp16: 200-byte rows) cannot use
+// 16-byte cp.async; they take the same kernel with element-wise loads into the shared tiles.
+//
+// fp32: a SIMT tiled GEMM with the same epilogues, fp32 products and sums (no TF32).
+//
+// column_sum: per-block partial sums over fixed row chunks into the workspace, then a second
+// pass adds the chunks in order: the result depends only on (rows, cols), never on timing.
+
+#include "mlp.h"
+#include "nk_mma.cuh"
+#include "nk_runtime.cuh"
+
+namespace NK_NS {
+
+// ---------------------------------------------------------------------------------------
+// CUDA kernels
+
+// ---- epilogue, shared by the tensor-core and the fp32 kernels ----
+
+constexpr float kInvSqrt2 = 0.70710678118654752f;     // 1 / sqrt(2)
+constexpr float kInvSqrt2Pi = 0.39894228040143268f;   // 1 / sqrt(2 pi)
+constexpr float kSqrt2OverPi = 0.79788456080286536f;  // sqrt(2 / pi)
+constexpr float kGeluCubic = 0.044715f;
+
+// The formulas of PyTorch's GELU forward and backward kernels, in fp32.
+__device__ __forceinline__ float gelu(float x, nk::Gelu form) {
+  if (form == nk::Gelu::tanh) return 0.5f * x * (1.0f + tanhf(kSqrt2OverPi * (x + kGeluCubic * x * x * x)));
+  return 0.5f * x * (1.0f + erff(x * kInvSqrt2));
+}
+
+__device__ __forceinline__ float gelu_grad(float x, nk::Gelu form) {
+  if (form == nk::Gelu::tanh) {
+    const float th = tanhf(kSqrt2OverPi * (x + kGeluCubic * x * x * x));
+    return 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * kSqrt2OverPi * (1.0f + 3.0f * kGeluCubic * x * x);
+  }
+  return 0.5f * (1.0f + erff(x * kInvSqrt2)) + x * kInvSqrt2Pi * expf(-0.5f * x * x);
+}
+
+__device__ __forceinline__ bool writes_d2(const nk::GemmParams& p) {
+  return p.epilogue == nk::Epilogue::bias_gelu || (p.epilogue == nk::Epilogue::gelu_grad && p.d2 != nullptr);
+}
+
+// D and D2 (as floats, before rounding to T) of output element (row, col) from its fp32
+// accumulator g. bias_gelu rounds D to T before the GELU, so that the forward's A and the
+// backward's recomputation (gelu_grad with AUX = the stored P) see the same P.
+template <typename T>
+__device__ __forceinline__ void epilogue_value(const nk::GemmParams& p, int64_t row, int64_t col, float g,
+                                               float& d, float& d2) {
+  const T* bias = static_cast<const T*>(p.bias);
+  switch (p.epilogue) {
+    case nk::Epilogue::none:
+      d = g;
+      break;
+    case nk::Epilogue::bias:
+      d = bias ? g + to_float(bias[col]) : g;
+      break;
+    case nk::Epilogue::bias_gelu:
+      d = to_float(from_float<T>(bias ? g + to_float(bias[col]) : g));
+      d2 = gelu(d, p.gelu);
+      break;
+    case nk::Epilogue::gelu_grad: {
+      const float x = to_float(static_cast<const T*>(p.aux)[row * p.ld_aux + col]);
+      d = g * gelu_grad(x, p.gelu);
+      d2 = gelu(x, p.gelu);
+      break;
+    }
+  }
+}
+
+// Stores v0 at ptr[0] and, when `two`, v1 at ptr[1]: one 32-bit store when `packed` (the pair
+// is 4-byte aligned), else one element at a time.
+template <typename T>
+__device__ __forceinline__ void store_pair(T* ptr, float v0, float v1, bool two, bool packed) {
+  if (two && packed) {
+    *reinterpret_cast<uint32_t*>(ptr) = pack2<T>(v0, v1);
+  } else {
+    ptr[0] = from_float<T>(v0);
+    if (two) ptr[1] = from_float<T>(v1);
+  }
+}
+
+// The epilogue of the accumulator pair (row, col), (row, col + 1) that mma's C layout gives
+// each lane; col is even.
+template <typename T>
+__device__ __forceinline__ void epilogue_pair(const nk::GemmParams& p, int64_t row, int64_t col, float g0, float g1,
+                                              bool packed) {
+  if (row >= p.m || col >= p.n) return;
+  const bool two = col + 1 < p.n;
+  float d[2] = {0.0f, 0.0f}, d2[2] = {0.0f, 0.0f};
+  epilogue_value<T>(p, row, col, g0, d[0], d2[0]);
+  if (two) epilogue_value<T>(p, row, col + 1, g1, d[1], d2[1]);
+  store_pair<T>(static_cast<T*>(p.d) + row * p.ldd + col, d[0], d[1], two, packed);
+  if (writes_d2(p)) store_pair<T>(static_cast<T*>(p.d2) + row * p.ldd2 + col, d2[0], d2[1], two, packed);
+}
+
+// ---- tensor-core GEMM (fp16, bf16) ----
+
+// Block tile BM x BN, k in steps of BK = 32 (two mma k-steps per stage), WARPS_M x WARPS_N
+// warps each owning a (BM / WARPS_M) x (BN / WARPS_N) warp tile of m16n8 mma tiles, STAGES
+// shared-memory stages, MIN_BLOCKS resident blocks per SM asked of ptxas (it caps registers
+// at 65536 / (threads * MIN_BLOCKS): 128 for both configs below).
+template <int BM_, int BN_, int WARPS_M_, int WARPS_N_, int STAGES_, int MIN_BLOCKS_>
+struct TileConfig {
+  static constexpr int BM = BM_, BN = BN_, BK = 32, STAGES = STAGES_;
+  static constexpr int WARPS_M = WARPS_M_, WARPS_N = WARPS_N_;
+  static constexpr int kThreads = 32 * WARPS_M * WARPS_N, kMinBlocks = MIN_BLOCKS_;
+  static constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;  // warp tile
+  static constexpr int MI = WM / 16, NI = WN / 8;             // mma tiles per warp tile
+  static_assert(WM % 16 == 0 && WN % 16 == 0, "B fragments are loaded two n8 tiles at a time");
+};
+// 8 warps, 64 fp32 accumulators per thread; 61440 B of shared memory (3 stages of two
+// 128x40 bf16 tiles), so two blocks fit an SM on A100 (164 KB) and H100 (228 KB).
+using LargeTile = TileConfig<128, 128, 2, 4, 3, 2>;
+// 4 warps, 32 accumulators per thread, 30720 B: four times the blocks of LargeTile for
+// problems that would leave SMs idle (dW of a 768-wide layer with few tokens, small models).
+using SmallTile = TileConfig<64, 64, 2, 2, 3, 4>;
+
+// Shared rows are padded by 8 elements (16 bytes): 80-byte rows (BK = 32) and 144- or
+// 272-byte rows (64 or 128 + 8) put the 8 rows of one ldmatrix 8x8 matrix in 8 different
+// 16-byte bank groups (mod 128 bytes), so ldmatrix runs without bank conflicts.
+constexpr int kPad = 8;
+
+// One stage of one operand in shared memory: ROWS rows of COLS elements, COLS being the
+// dimension that is contiguous in global memory (so each row is a run of 16-byte chunks).
+template <int ROWS, int COLS>
+struct SmemTile {
+  static constexpr int kRows = ROWS, kCols = COLS, kLd = COLS + kPad, kElems = ROWS * kLd;
+};
+// A as [m][k] when K is contiguous (x, dy), as [k][m] when M is (dy^T, dP^T).
+template <class Cfg, bool kKContig>
+using ATile = SmemTile<kKContig ? Cfg::BM : Cfg::BK, kKContig ? Cfg::BK : Cfg::BM>;
+// B as [n][k] when K is contiguous (W^T of an nn.Linear weight), as [k][n] when N is (W2 as
+// [C, H], the activations as [M, H]).
+template <class Cfg, bool kKContig>
+using BTile = SmemTile<kKContig ? Cfg::BN : Cfg::BK, kKContig ? Cfg::BK : Cfg::BN>;
+
+// Loads rows [row0, row0 + ROWS) x columns [col0, col0 + COLS) of a matrix with `nrows` rows
+// of `ncols` contiguous elements, `ld` apart, into a shared tile; what lies outside the matrix
+// becomes zeros, so tails in M, N and K add nothing to the products. kAsync: 16-byte cp.async
+// (g 16-byte aligned, ld a multiple of 8); else element-wise loads, for any alignment.
+template <typename T, class Tile, int THREADS, bool kAsync>
+__device__ __forceinline__ void load_tile(T* s, const T* g, int64_t ld, int64_t row0, int64_t nrows, int64_t col0,
+                                          int64_t ncols, int tid) {
+  constexpr int kChunksPerRow = Tile::kCols / 8, kChunks = Tile::kRows * kChunksPerRow;
+  static_assert(kChunks % THREADS == 0, "every thread copies the same number of chunks");
+#pragma unroll
+  for (int i = 0; i < kChunks / THREADS; ++i) {
+    const int idx = tid + i * THREADS;
+    const int r = idx / kChunksPerRow, c = (idx % kChunksPerRow) * 8;
+    const int64_t row = row0 + r, col = col0 + c;
+    const int64_t left = row < nrows ? ncols - col : 0;  // elements of the chunk in the matrix
+    const int valid = left <= 0 ? 0 : (left < 8 ? (int)left : 8);
+    T* dst = s + r * Tile::kLd + c;
+    if constexpr (kAsync) {
+      cp_async_cg_16_zfill(dst, valid ? g + row * ld + col : g, valid * (int)sizeof(T));
+    } else {
+      Pack16<T> v;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) v.v[e] = e < valid ? g[row * ld + col + e] : from_float<T>(0.0f);
+      *reinterpret_cast<Pack16<T>*>(dst) = v;
+    }
+  }
+}
+
+// One stage's BK = 32 of k for this warp: ldmatrix the fragments of both k-steps of 16, then
+// MI x NI mma each.
+template <typename T, class Cfg, bool kAK, bool kBK>
+__device__ __forceinline__ void mma_stage(const T* as, const T* bs, float (&acc)[Cfg::MI][Cfg::NI][4], int wm, int wn,
+                                          int lane) {
+  using A = ATile<Cfg, kAK>;
+  using B = BTile<Cfg, kBK>;
+#pragma unroll
+  for (int kk = 0; kk < Cfg::BK; kk += 16) {
+    uint32_t af[Cfg::MI][4], bf[Cfg::NI][2];
+#pragma unroll
+    for (int mi = 0; mi < Cfg::MI; ++mi) {
+      if constexpr (kAK) {
+        // 16x16 of [m][k]: lanes 0-15 give rows m 0-15 at k 0, lanes 16-31 the same rows at
+        // k 8: matrices (m lo, k lo), (m hi, k lo), (m lo, k hi), (m hi, k hi) = a0..a3.
+        ldmatrix_x4(af[mi], as + (wm + mi * 16 + lane % 16) * A::kLd + kk + (lane / 16) * 8);
+      } else {
+        // The same four matrices from [k][m], transposed: matrix j = lane / 8 has rows
+        // k = 8 (j / 2) + lane % 8 and starts at m = 8 (j % 2).
+        ldmatrix_x4_trans(af[mi], as + (kk + (lane / 16) * 8 + lane % 8) * A::kLd + wm + mi * 16 + ((lane / 8) % 2) * 8);
+      }
+    }
+#pragma unroll
+    for (int nj = 0; nj < Cfg::NI; nj += 2) {
+      // Four 8x8 matrices: (k lo, n tile nj), (k hi, nj), (k lo, nj + 1), (k hi, nj + 1),
+      // which are b0 b1 of n tile nj and b0 b1 of nj + 1.
+      uint32_t r[4];
+      if constexpr (kBK) {
+        ldmatrix_x4(r, bs + (wn + nj * 8 + (lane / 16) * 8 + lane % 8) * B::kLd + kk + ((lane / 8) % 2) * 8);
+      } else {
+        ldmatrix_x4_trans(r, bs + (kk + lane % 16) * B::kLd + wn + nj * 8 + (lane / 16) * 8);
+      }
+      bf[nj][0] = r[0];
+      bf[nj][1] = r[1];
+      bf[nj + 1][0] = r[2];
+      bf[nj + 1][1] = r[3];
+    }
+#pragma unroll
+    for (int mi = 0; mi < Cfg::MI; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < Cfg::NI; ++ni) mma_m16n8k16<T>(acc[mi][ni], af[mi], bf[ni], acc[mi][ni]);
+  }
+}
+
+// D = epilogue(A B) for one BM x BN tile per block: blockIdx.x walks M, blockIdx.y walks N.
+// kAK: A has K contiguous (else M); kBK: B has K contiguous (else N); kAsync: cp.async loads
+// (else element-wise ones, see load_tile). Dynamic shared memory: STAGES x (A tile + B tile).
+template <typename T, class Cfg, bool kAK, bool kBK, bool kAsync>
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) gemm_tc_kernel(nk::GemmParams p) {
+  using A = ATile<Cfg, kAK>;
+  using B = BTile<Cfg, kBK>;
+  NK_DYNAMIC_SHARED(unsigned char, smem);
+  T* as = reinterpret_cast<T*>(smem);
+  T* bs = as + Cfg::STAGES * A::kElems;
+  const T* a = static_cast<const T*>(p.a);
+  const T* b = static_cast<const T*>(p.b);
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int64_t m0 = (int64_t)blockIdx.x * Cfg::BM, n0 = (int64_t)blockIdx.y * Cfg::BN;
+
+  auto load_stage = [&](int stage, int64_t k0) {
+    if constexpr (kAK) {
+      load_tile<T, A, Cfg::kThreads, kAsync>(as + stage * A::kElems, a, p.a_stride_m, m0, p.m, k0, p.k, tid);
+    } else {
+      load_tile<T, A, Cfg::kThreads, kAsync>(as + stage * A::kElems, a, p.a_stride_k, k0, p.k, m0, p.m, tid);
+    }
+    if constexpr (kBK) {
+      load_tile<T, B, Cfg::kThreads, kAsync>(bs + stage * B::kElems, b, p.b_stride_n, n0, p.n, k0, p.k, tid);
+    } else {
+      load_tile<T, B, Cfg::kThreads, kAsync>(bs + stage * B::kElems, b, p.b_stride_k, k0, p.k, n0, p.n, tid);
+    }
+  };
+
+  const int wm = (warp / Cfg::WARPS_N) * Cfg::WM, wn = (warp % Cfg::WARPS_N) * Cfg::WN;
+  float acc[Cfg::MI][Cfg::NI][4];
+#pragma unroll
+  for (int mi = 0; mi < Cfg::MI; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < Cfg::NI; ++ni)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[mi][ni][i] = 0.0f;
+
+  // Pipeline: STAGES - 1 k-tiles in flight while one is multiplied. Every step commits one
+  // group (empty past the end), so "all but the newest STAGES - 2 groups have landed" always
+  // means "k-tile kt has landed".
+  const int ktiles = (int)((p.k + Cfg::BK - 1) / Cfg::BK);
+#pragma unroll
+  for (int s = 0; s < Cfg::STAGES - 1; ++s) {
+    if (s < ktiles) load_stage(s, (int64_t)s * Cfg::BK);
+    if constexpr (kAsync) cp_async_commit();
+  }
+  for (int kt = 0; kt < ktiles; ++kt) {
+    if constexpr (kAsync) cp_async_wait<Cfg::STAGES - 2>();
+    // Stage kt % STAGES is complete for every thread's copies, and every warp is done with
+    // k-tile kt - 1, whose stage the load below overwrites.
+    __syncthreads();
+    const int next = kt + Cfg::STAGES - 1;
+    if (next < ktiles) load_stage(next % Cfg::STAGES, (int64_t)next * Cfg::BK);
+    if constexpr (kAsync) cp_async_commit();
+    const int s = kt % Cfg::STAGES;
+    mma_stage<T, Cfg, kAK, kBK>(as + s * A::kElems, bs + s * B::kElems, acc, wm, wn, lane);
+  }
+
+  // Accumulator layout of m16n8: c0 c1 at (g, 2t), (g, 2t + 1), c2 c3 eight rows below.
+  const bool packed = p.ldd % 2 == 0 && reinterpret_cast<uintptr_t>(p.d) % 4 == 0 &&
+                      (!writes_d2(p) || (p.ldd2 % 2 == 0 && reinterpret_cast<uintptr_t>(p.d2) % 4 == 0));
+  const int g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int mi = 0; mi < Cfg::MI; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < Cfg::NI; ++ni)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        epilogue_pair<T>(p, m0 + wm + mi * 16 + g + 8 * h, n0 + wn + ni * 8 + 2 * t, acc[mi][ni][2 * h],
+                         acc[mi][ni][2 * h + 1], packed);
+}
+
+// ---- fp32 GEMM (SIMT) ----
+
+// 64x64 tiles, k in steps of 16, 256 threads as 16 x 16, each owning a 4x4 grid of outputs
+// 16 rows and 16 columns apart (so a warp's stores cover 16 consecutive columns). Per k:
+// 8 shared loads for 16 FMAs. fp32 GEMMs are not this package's training path (its MLP runs
+// in bf16/fp16); this keeps fp32 inputs exact to fp32 rather than fast.
+constexpr int kF32BM = 64, kF32BN = 64, kF32BK = 16, kF32Threads = 256;
+
+__global__ void __launch_bounds__(kF32Threads) gemm_f32_kernel(nk::GemmParams p) {
+  // Stored [k][m] and [k][n]: the inner product reads a row of each. +1 padding: the loads
+  // of a K-contiguous operand write 16 consecutive k of one m, 65 floats apart: 16 banks.
+  __shared__ float as[kF32BK][kF32BM + 1];
+  __shared__ float bs[kF32BK][kF32BN + 1];
+  const float* a = static_cast<const float*>(p.a);
+  const float* b = static_cast<const float*>(p.b);
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  const int64_t m0 = (int64_t)blockIdx.x * kF32BM, n0 = (int64_t)blockIdx.y * kF32BN;
+  // Consecutive threads read consecutive addresses of whichever dimension is contiguous.
+  const bool a_kc = p.a_stride_k == 1, b_kc = p.b_stride_k == 1;
+  float acc[4][4] = {};
+  for (int64_t k0 = 0; k0 < p.k; k0 += kF32BK) {
+#pragma unroll
+    for (int i = 0; i < kF32BM * kF32BK / kF32Threads; ++i) {
+      const int idx = tid + i * kF32Threads;
+      const int ka = a_kc ? idx % kF32BK : idx / kF32BM, ma = a_kc ? idx / kF32BK : idx % kF32BM;
+      const int64_t gm = m0 + ma, gk = k0 + ka;
+      as[ka][ma] = gm < p.m && gk < p.k ? a[gm * p.a_stride_m + gk * p.a_stride_k] : 0.0f;
+      const int kb = b_kc ? idx % kF32BK : idx / kF32BN, nb = b_kc ? idx / kF32BK : idx % kF32BN;
+      const int64_t gn = n0 + nb, gkb = k0 + kb;
+      bs[kb][nb] = gn < p.n && gkb < p.k ? b[gkb * p.b_stride_k + gn * p.b_stride_n] : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kF32BK; ++kk) {
+      float av[4], bv[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) av[i] = as[kk][ty + 16 * i];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) bv[j] = bs[kk][tx + 16 * j];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] += av[i] * bv[j];
+    }
+    __syncthreads();
+  }
+  float* d = static_cast<float*>(p.d);
+  float* d2 = static_cast<float*>(p.d2);
+  const bool second = writes_d2(p);
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t row = m0 + ty + 16 * i, col = n0 + tx + 16 * j;
+      if (row >= p.m || col >= p.n) continue;
+      float v = 0.0f, v2 = 0.0f;
+      epilogue_value<float>(p, row, col, acc[i][j], v, v2);
+      d[row * p.ldd + col] = v;
+      if (second) d2[row * p.ldd2 + col] = v2;
+    }
+}
+
+// ---- column sum ----
+
+// Stage 1: block (x, y) sums rows [y * rows_per_chunk, (y + 1) * rows_per_chunk) of columns
+// [32 x, 32 x + 32): thread (tx, ty) adds rows ty, ty + 8, ... of column tx in order, then
+// thread (tx, 0) adds the 8 partials in ty order and writes partial[y][col].
+constexpr int kSumCols = 32, kSumRowThreads = 8;
+
+template <typename T>
+__global__ void __launch_bounds__(kSumCols * kSumRowThreads)
+    column_sum_partial_kernel(const T* x, int64_t ldx, int64_t rows, int64_t cols, int64_t rows_per_chunk,
+                              float* partial) {
+  __shared__ float red[kSumRowThreads][kSumCols];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t col = (int64_t)blockIdx.x * kSumCols + tx;
+  const int64_t r0 = (int64_t)blockIdx.y * rows_per_chunk;
+  const int64_t r1 = r0 + rows_per_chunk < rows ? r0 + rows_per_chunk : rows;
+  float s = 0.0f;
+  if (col < cols)
+    for (int64_t r = r0 + ty; r < r1; r += kSumRowThreads) s += to_float(x[r * ldx + col]);
+  red[ty][tx] = s;
+  __syncthreads();
+  if (ty == 0 && col < cols) {
+    float total = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kSumRowThreads; ++i) total += red[i][tx];
+    partial[(int64_t)blockIdx.y * cols + col] = total;
+  }
+}
+
+// Stage 2: out[col] = sum of partial[0..chunks)[col], chunks in order.
+template <typename T>
+__global__ void column_sum_final_kernel(const float* partial, int64_t chunks, int64_t cols, T* out) {
+  const int64_t col = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (col >= cols) return;
+  float total = 0.0f;
+  for (int64_t c = 0; c < chunks; ++c) total += partial[c * cols + col];
+  out[col] = from_float<T>(total);
+}
+
+// ---------------------------------------------------------------------------------------
+// kernel launchers
+
+// Which kernel gemm() runs: `automatic` is gemm()'s own choice; tests force the others
+// (tests/harness/mlp_test.cu), since the automatic choice depends on the problem size.
+enum class GemmPath { automatic, large_tile, small_tile, unaligned };
+
+namespace {
+
+const char* status(cudaError_t err) { return err == cudaSuccess ? nullptr : cudaGetErrorString(err); }
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// 128x128 tiles once they make at least one block per SM of an H100 (132 SMs; an A100 has
+// 108), so no SM idles for the sake of reuse; below that, 64x64 tiles (4x the blocks).
+constexpr int64_t kLargeTileMinBlocks = 132;
+
+template <typename T, class Cfg, bool kAK, bool kBK, bool kAsync>
+const char* launch_tc(const nk::GemmParams& p, cudaStream_t stream) {
+  constexpr size_t smem = sizeof(T) * Cfg::STAGES * (ATile<Cfg, kAK>::kElems + BTile<Cfg, kBK>::kElems);
+  auto kernel = gemm_tc_kernel<T, Cfg, kAK, kBK, kAsync>;
+#ifdef __CUDACC__
+  // Above 48 KB a kernel must opt in; per launch, since the attribute is per device.
+  if constexpr (smem > 48 * 1024) {
+    if (const char* err = status(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)))
+      return err;
+  }
+#endif
+  const dim3 grid((unsigned)((p.m + Cfg::BM - 1) / Cfg::BM), (unsigned)((p.n + Cfg::BN - 1) / Cfg::BN));
+  return status(launch_kernel(kernel, grid, dim3(Cfg::kThreads), smem, stream, p));
+}
+
+template <typename T, class Cfg, bool kAsync>
+const char* launch_tc_layout(const nk::GemmParams& p, bool a_kc, bool b_kc, cudaStream_t stream) {
+  if (a_kc) {
+    return b_kc ? launch_tc<T, Cfg, true, true, kAsync>(p, stream) : launch_tc<T, Cfg, true, false, kAsync>(p, stream);
+  }
+  return b_kc ? launch_tc<T, Cfg, false, true, kAsync>(p, stream) : launch_tc<T, Cfg, false, false, kAsync>(p, stream);
+}
+
+template <typename T>
+const char* gemm_tc(const nk::GemmParams& p, GemmPath path, cudaStream_t stream) {
+  const bool a_kc = p.a_stride_k == 1, b_kc = p.b_stride_k == 1;
+  // 16-byte cp.async of chunks starting at multiples of 8 elements: the base and every row
+  // start must be 16-byte aligned.
+  const bool async_ok = aligned16(p.a) && aligned16(p.b) && (a_kc ? p.a_stride_m : p.a_stride_k) % 8 == 0 &&
+                        (b_kc ? p.b_stride_n : p.b_stride_k) % 8 == 0;
+  if (path == GemmPath::automatic) {
+    const int64_t large_blocks = ((p.m + LargeTile::BM - 1) / LargeTile::BM) * ((p.n + LargeTile::BN - 1) / LargeTile::BN);
+    path = !async_ok ? GemmPath::unaligned
+                     : (large_blocks >= kLargeTileMinBlocks ? GemmPath::large_tile : GemmPath::small_tile);
+  }
+  if (path == GemmPath::unaligned) return launch_tc_layout<T, SmallTile, false>(p, a_kc, b_kc, stream);
+  if (!async_ok) return "gemm: cp.async tiles need 16-byte aligned operands with leading dimensions a multiple of 8";
+  if (path == GemmPath::large_tile) return launch_tc_layout<T, LargeTile, true>(p, a_kc, b_kc, stream);
+  return launch_tc_layout<T, SmallTile, true>(p, a_kc, b_kc, stream);
+}
+
+const char* gemm_f32(const nk::GemmParams& p, cudaStream_t stream) {
+  const dim3 grid((unsigned)((p.m + kF32BM - 1) / kF32BM), (unsigned)((p.n + kF32BN - 1) / kF32BN));
+  return status(launch_kernel(gemm_f32_kernel, grid, dim3(kF32Threads), 0, stream, p));
+}
+
+// Row chunks of column_sum: at least 256 rows each (32 per thread: enough loads in flight),
+// at most 128 of them (bounds the workspace at 128 floats per column). rows = 8192 tokens:
+// 32 chunks x 24 column blocks of a 768-wide dy = 768 blocks, ~6 per H100 SM.
+constexpr int64_t kSumMinRowsPerChunk = 256, kSumMaxChunks = 128;
+
+int64_t sum_chunks(int64_t rows) {
+  const int64_t chunks = (rows + kSumMinRowsPerChunk - 1) / kSumMinRowsPerChunk;
+  return chunks < kSumMaxChunks ? chunks : kSumMaxChunks;
+}
+
+template <typename T>
+const char* column_sum_typed(const void* x, int64_t ldx, int64_t rows, int64_t cols, void* out, float* workspace,
+                             cudaStream_t stream) {
+  const int64_t chunks = sum_chunks(rows);
+  if (chunks > 0) {
+    const int64_t rows_per_chunk = (rows + chunks - 1) / chunks;
+    const dim3 grid((unsigned)((cols + kSumCols - 1) / kSumCols), (unsigned)chunks);
+    if (const char* err = status(launch_kernel(column_sum_partial_kernel<T>, grid, dim3(kSumCols, kSumRowThreads), 0,
+                                               stream, static_cast<const T*>(x), ldx, rows, cols, rows_per_chunk,
+                                               workspace)))
+      return err;
+  }
+  const int threads = 256;
+  return status(launch_kernel(column_sum_final_kernel<T>, dim3((unsigned)((cols + threads - 1) / threads)),
+                              dim3(threads), 0, stream, (const float*)workspace, chunks, cols, static_cast<T*>(out)));
+}
+
+}  // namespace
+
+const char* gemm_on_path(const nk::GemmParams& p, void* stream, GemmPath path) {
+  if (p.m < 0 || p.n < 0 || p.k < 0) return "gemm: negative size";
+  if (p.a_stride_k != 1 && p.a_stride_m != 1) return "gemm: A must have unit stride along M or K";
+  if (p.b_stride_k != 1 && p.b_stride_n != 1) return "gemm: B must have unit stride along K or N";
+  if (p.epilogue == nk::Epilogue::bias_gelu && p.d2 == nullptr) return "gemm: bias_gelu needs d2";
+  if (p.epilogue == nk::Epilogue::gelu_grad && p.aux == nullptr) return "gemm: gelu_grad needs aux";
+  if (p.m == 0 || p.n == 0) return nullptr;
+  // N walks gridDim.y (at most 65535 blocks); 64 columns per block is the narrowest tile.
+  if ((p.n + 63) / 64 > 65535) return "gemm: n too large for the grid";
+  auto s = static_cast<cudaStream_t>(stream);
+  switch (p.dtype) {
+    case nk::DType::f32: return gemm_f32(p, s);
+    case nk::DType::f16: return gemm_tc<__half>(p, path, s);
+    case nk::DType::bf16: return gemm_tc<__nv_bfloat16>(p, path, s);
+  }
+  return "gemm: unknown dtype";
+}
+
+const char* gemm(const nk::GemmParams& p, void* stream) { return gemm_on_path(p, stream, GemmPath::automatic); }
+
+const char* column_sum(const void* x, int64_t ldx, int64_t rows, int64_t cols, void* out, float* workspace,
+                       nk::DType dtype, void* stream) {
+  if (rows < 0 || cols < 0) return "column_sum: negative size";
+  if (cols == 0) return nullptr;
+  auto s = static_cast<cudaStream_t>(stream);
+  switch (dtype) {
+    case nk::DType::f32: return column_sum_typed<float>(x, ldx, rows, cols, out, workspace, s);
+    case nk::DType::f16: return column_sum_typed<__half>(x, ldx, rows, cols, out, workspace, s);
+    case nk::DType::bf16: return column_sum_typed<__nv_bfloat16>(x, ldx, rows, cols, out, workspace, s);
+  }
+  return "column_sum: unknown dtype";
+}
+
+int64_t column_sum_workspace_floats(int64_t rows, int64_t cols) { return sum_chunks(rows) * cols; }
+
+}  // namespace NK_NS
