@@ -167,7 +167,7 @@ class GPT(nn.Module):
                 x, h = _add_ln(x, block.mlp(h), next_ln)
         if targets is not None:
             logits = self.lm_head(h)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         else:
             # Inference-time mini-optimisation: only forward the lm_head on the very last position.
             logits = self.lm_head(h[:, [-1], :])  # note: using list [-1] to preserve the time dim
