@@ -19,6 +19,10 @@ namespace nk {
 
 // A [B, H, T, D] tensor with unit stride along D; the other strides are free (nanoGPT's
 // q, k, v are views of one [B, T, 3C] tensor). Strides count elements.
+// fp16/bf16 (the tensor-core kernels move rows with 16-byte cp.async): every tensor's base
+// pointer must be 16-byte aligned and its stride_b, stride_h, stride_t multiples of 8
+// elements; the launchers return an error string otherwise. fp32 needs 4-byte alignment only.
+// Outputs and lse/delta are written only at rows below seqlen.
 struct AttnIn {
   const void* ptr;
   int64_t stride_b, stride_h, stride_t;
