@@ -275,6 +275,24 @@ def test_configure_optimizers_and_mfu(capsys):
 
 
 @pytest.mark.parametrize("backend", ["eager"] + KERNEL_BACKENDS)
+def test_bf16_autocast_like_nanogpt(backend):
+    """Under autocast the residual stream stays float32 while sublayers return bfloat16; the
+    fused residual adds promote as eager's `+` does. Loss and gradients stay near float32's."""
+    config = nk.GPTConfig(**TINY)
+    model = nk.GPT(config, seed=4)
+    idx, targets = batch(config)
+    want = forward_backward(model, idx, targets)
+    model.set_backend(backend)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = forward_backward(model, idx, targets)
+    assert got["logits"].dtype == torch.bfloat16
+    assert got["loss"].item() == pytest.approx(want["loss"].item(), rel=2e-2)
+    for name, p in model.named_parameters():
+        assert p.grad.dtype == torch.float32
+        assert max_error(got[name], want[name]) <= 0.05 * want[name].abs().max().item() + 1e-6, name
+
+
+@pytest.mark.parametrize("backend", ["eager"] + KERNEL_BACKENDS)
 def test_torch_compile_training_step(backend):
     """fullgraph: our ops are custom ops with fake kernels, so a whole training step traces
     without graph breaks ("aot_eager": the graph capture and autograd, not Inductor's codegen)."""
