@@ -1,4 +1,4 @@
-"""Command line: `python -m nanogpt_kernels check`.
+"""Command line: `python -m nanogpt_kernels check` and `python -m nanogpt_kernels demo`.
 
 check: runs every op on every backend this install can run on the current device (a GPU if
 torch sees one, else the CPU, where "triton" is Triton's interpreter and "cuda" is our CUDA
@@ -174,7 +174,14 @@ def main(argv=None) -> int:
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--rows", type=int, default=None, help="rows (default 4096 on a GPU, 64 on the CPU)")
     p.add_argument("--hidden", type=int, default=768, help="hidden size (default 768, GPT-2 small)")
+    from nanogpt_kernels import demo
+
+    d = sub.add_parser("demo", help="train a GPT with eager PyTorch and with our kernels; compare losses and speed",
+                       description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_arguments(d)
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        return demo.run(args)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rows = args.rows or (4096 if device.type == "cuda" else 64)
     return 0 if check(device, rows, args.hidden) else 1

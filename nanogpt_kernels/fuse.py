@@ -269,6 +269,9 @@ def _fuse_mlp(m: nn.Module, backend):
     c_fc, c_proj, gelu = getattr(m, "c_fc", None), getattr(m, "c_proj", None), getattr(m, "gelu", None)
     if not (isinstance(c_fc, nn.Linear) and isinstance(c_proj, nn.Linear)):
         raise _Skip("not nanoGPT's MLP structure (c_fc and c_proj Linears) nor HF GPT2MLP")
+    if gelu is None:
+        raise _Skip("no `gelu` submodule (an activation called as a function, like early nanoGPT's new_gelu, "
+                    "cannot be recognised)")
     if not isinstance(gelu, nn.GELU):
         raise _Skip(f"activation {type(gelu).__name__} is not nn.GELU")
     if c_proj.in_features != c_fc.out_features or c_proj.out_features != c_fc.in_features:

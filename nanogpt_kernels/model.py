@@ -12,7 +12,6 @@ gives both the new residual stream and the next LayerNorm's output, across block
 from __future__ import annotations
 
 import inspect
-import math
 from dataclasses import dataclass
 from typing import Optional, Union
 

@@ -44,7 +44,8 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout, self.resid_dropout = nn.Dropout(0.0), nn.Dropout(0.0)
         self.n_head, self.n_embd, self.dropout, self.flash = n_head, n_embd, 0.0, flash
         if not flash:
-            self.register_buffer("bias", torch.tril(torch.ones(block_size, block_size)).view(1, 1, block_size, block_size))
+            mask = torch.tril(torch.ones(block_size, block_size)).view(1, 1, block_size, block_size)
+            self.register_buffer("bias", mask)
 
     def forward(self, x):
         B, T, C = x.size()
@@ -248,7 +249,8 @@ def test_hf_gpt2_fuse_parity_report_unfuse(backend):
         | {"transformer.ln_f"}
     assert (by_path["transformer.h.0.attn"].old, by_path["transformer.h.0.attn"].new) == \
         ("GPT2Attention", "nk.fuse.HFGPT2Attention")
-    assert by_path["transformer.h.1.mlp"].new == "nk.fuse.HFGPT2MLP" and "gelu_new" in by_path["transformer.h.1.mlp"].note
+    assert by_path["transformer.h.1.mlp"].new == "nk.fuse.HFGPT2MLP"
+    assert "gelu_new" in by_path["transformer.h.1.mlp"].note
     assert by_path["transformer.ln_f"].old == "LayerNorm" and not report.left_alone
     # The adapters hold the very Conv1D modules ([in, out] weights) of the original.
     assert model.transformer.h[0].mlp.c_fc.weight.shape == (32, 128)
@@ -262,7 +264,8 @@ def test_hf_gpt2_fuse_parity_report_unfuse(backend):
 @pytest.mark.parametrize("flags", [dict(scale_attn_by_inverse_layer_idx=True),
                                    dict(scale_attn_weights=False, activation_function="gelu"),
                                    dict(reorder_and_upcast_attn=True, activation_function="gelu_pytorch_tanh",
-                                        attn_implementation="eager")], ids=["inverse_layer_idx", "unscaled-erf", "upcast"])
+                                        attn_implementation="eager")],
+                         ids=["inverse_layer_idx", "unscaled-erf", "upcast"])
 def test_hf_config_flags_are_honoured(flags):
     model = hf_model(seed=4, **flags)
     idx, targets = batch()

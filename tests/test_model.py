@@ -225,7 +225,8 @@ def test_set_backend_in_place():
         assert p is before[n][0] and torch.equal(p, before[n][1]), n
     model.set_backend("eager")
     assert model.backends == dict.fromkeys(("layernorm", "attention", "mlp"), "eager")
-    assert nk.GPT(nk.GPTConfig(**TINY, backend={"attention": "triton"}), seed=0).transformer.h[1].attn.backend == "triton"
+    per_op = nk.GPT(nk.GPTConfig(**TINY, backend={"attention": "triton"}), seed=0)
+    assert per_op.transformer.h[1].attn.backend == "triton"
     with pytest.raises(ValueError, match="unknown op"):
         model.set_backend({"softmax": "cuda"})
     with pytest.raises(ValueError, match="must be one of"):
