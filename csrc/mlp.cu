@@ -8,13 +8,14 @@
 // fp16/bf16: a tensor-core GEMM, mma.sync m16n8k16 with fp32 accumulators. Global -> shared
 // with 16-byte cp.async in a 3-stage pipeline, shared -> registers with ldmatrix (.trans for
 // operands whose contiguous dimension is M or N instead of K), the epilogue on the
-// accumulators in registers. Tiles: 128x128x32 over 8 warps (each warp 64x32) when that gives
-// at least a wave of blocks, else 64x64x32 over 4 warps (each 32x32).
-// Napkin math, GPT-2 small fc (M = 8192 tokens, K = 768, N = 3072): 38.7 GFLOP, 384 k-steps of
-// 16 per 128x128 tile ... 1536 tiles over 132 SMs at 2 blocks each, ~6 waves; at 400 TFLOP/s
-// of mma.sync that is ~100 us, while the bytes (x 12.6 MB, W 4.7 MB, P and A out 2 x 50 MB)
-// take ~35 us at 3.35 TB/s: compute bound, so the tiles are sized for reuse: 128x128 tiles read
-// (128 + 128) * 32 * 2 B = 16 KB per 2 * 128 * 128 * 32 = 1 MFLOP, 64 FLOP/B from L2.
+// accumulators in registers, its results staged through shared memory into 16-byte stores.
+// Tiles: 128x128x32 over 8 warps (each warp 64x32) when that gives at least a wave of blocks,
+// else 64x64x32 over 4 warps (each 32x32).
+// Napkin math, GPT-2 small fc (M = 8192 tokens, K = 768, N = 3072): 38.7 GFLOP in 1536
+// 128x128 tiles, ~6 waves over an H100's 132 SMs at 2 blocks each; at 300-400 TFLOP/s of
+// mma.sync that is 100-130 us, while its bytes (x 12.6 MB, W1 4.7 MB, P and A out 2 x 50 MB)
+// take ~35 us at 3.35 TB/s: compute bound, so the tiles are sized for reuse: a 128x128 tile
+// reads (128 + 128) x 32 x 2 B = 16 KB of operands per 2 x 128 x 128 x 32 = 1 MFLOP.
 // Operands whose rows are not 16-byte aligned (C = 100 in fp16: 200-byte rows) cannot use
 // 16-byte cp.async; they take the same kernel with element-wise loads into the shared tiles.
 //
@@ -53,6 +54,8 @@ __device__ __forceinline__ float gelu_grad(float x, nk::Gelu form) {
   return 0.5f * (1.0f + erff(x * kInvSqrt2)) + x * kInvSqrt2Pi * expf(-0.5f * x * x);
 }
 
+__host__ __device__ __forceinline__ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
 __device__ __forceinline__ bool writes_d2(const nk::GemmParams& p) {
   return p.epilogue == nk::Epilogue::bias_gelu || (p.epilogue == nk::Epilogue::gelu_grad && p.d2 != nullptr);
 }
@@ -84,30 +87,31 @@ __device__ __forceinline__ void epilogue_value(const nk::GemmParams& p, int64_t 
   }
 }
 
-// Stores v0 at ptr[0] and, when `two`, v1 at ptr[1]: one 32-bit store when `packed` (the pair
-// is 4-byte aligned), else one element at a time.
-template <typename T>
-__device__ __forceinline__ void store_pair(T* ptr, float v0, float v1, bool two, bool packed) {
-  if (two && packed) {
-    *reinterpret_cast<uint32_t*>(ptr) = pack2<T>(v0, v1);
-  } else {
-    ptr[0] = from_float<T>(v0);
-    if (two) ptr[1] = from_float<T>(v1);
+// Copies a rows x cols tile of T from shared memory (row pitch sld elements) to global memory
+// at dst (row pitch ld), rows < nrows and columns < ncols only: 16-byte stores when `vec`
+// (dst 16-byte aligned, ld a multiple of 8), else element by element. Consecutive threads take
+// consecutive 16-byte chunks of a row, so a warp writes whole 128-byte lines.
+template <typename T, int ROWS, int COLS, int THREADS>
+__device__ __forceinline__ void store_tile(T* dst, int64_t ld, int64_t nrows, int64_t ncols, const T* s, int sld,
+                                           bool vec, int tid) {
+  constexpr int kChunksPerRow = COLS / 8, kChunks = ROWS * kChunksPerRow;
+  static_assert(kChunks % THREADS == 0, "every thread stores the same number of chunks");
+#pragma unroll
+  for (int i = 0; i < kChunks / THREADS; ++i) {
+    const int idx = tid + i * THREADS;
+    const int r = idx / kChunksPerRow, c = (idx % kChunksPerRow) * 8;
+    if (r >= nrows || c >= ncols) continue;
+    const Pack16<T> v = *reinterpret_cast<const Pack16<T>*>(s + r * sld + c);
+    T* out = dst + r * ld + c;
+    if (vec && c + 8 <= ncols) {
+      *reinterpret_cast<Pack16<T>*>(out) = v;
+    } else {
+      // Unrolled with a guard: a loop to n would index v at run time and put it in local memory.
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        if (c + e < ncols) out[e] = v.v[e];
+    }
   }
-}
-
-// The epilogue of the accumulator pair (row, col), (row, col + 1) that mma's C layout gives
-// each lane; col is even.
-template <typename T>
-__device__ __forceinline__ void epilogue_pair(const nk::GemmParams& p, int64_t row, int64_t col, float g0, float g1,
-                                              bool packed) {
-  if (row >= p.m || col >= p.n) return;
-  const bool two = col + 1 < p.n;
-  float d[2] = {0.0f, 0.0f}, d2[2] = {0.0f, 0.0f};
-  epilogue_value<T>(p, row, col, g0, d[0], d2[0]);
-  if (two) epilogue_value<T>(p, row, col + 1, g1, d[1], d2[1]);
-  store_pair<T>(static_cast<T*>(p.d) + row * p.ldd + col, d[0], d[1], two, packed);
-  if (writes_d2(p)) store_pair<T>(static_cast<T*>(p.d2) + row * p.ldd2 + col, d2[0], d2[1], two, packed);
 }
 
 // ---- tensor-core GEMM (fp16, bf16) ----
@@ -198,7 +202,8 @@ __device__ __forceinline__ void mma_stage(const T* as, const T* bs, float (&acc)
       } else {
         // The same four matrices from [k][m], transposed: matrix j = lane / 8 has rows
         // k = 8 (j / 2) + lane % 8 and starts at m = 8 (j % 2).
-        ldmatrix_x4_trans(af[mi], as + (kk + (lane / 16) * 8 + lane % 8) * A::kLd + wm + mi * 16 + ((lane / 8) % 2) * 8);
+        ldmatrix_x4_trans(af[mi],
+                          as + (kk + (lane / 16) * 8 + lane % 8) * A::kLd + wm + mi * 16 + ((lane / 8) % 2) * 8);
       }
     }
 #pragma unroll
@@ -281,18 +286,51 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) gemm_tc_kernel
     mma_stage<T, Cfg, kAK, kBK>(as + s * A::kElems, bs + s * B::kElems, acc, wm, wn, lane);
   }
 
-  // Accumulator layout of m16n8: c0 c1 at (g, 2t), (g, 2t + 1), c2 c3 eight rows below.
-  const bool packed = p.ldd % 2 == 0 && reinterpret_cast<uintptr_t>(p.d) % 4 == 0 &&
-                      (!writes_d2(p) || (p.ldd2 % 2 == 0 && reinterpret_cast<uintptr_t>(p.d2) % 4 == 0));
+  // Epilogue. The math happens on the accumulators in registers; the results go out through
+  // shared memory (the pipeline stages, free now) so that global stores are 16-byte chunks of
+  // whole rows rather than the 4-byte pairs of mma's C layout, 8 rows apart. D first; the D2
+  // values wait in the accumulators meanwhile, then take the same route.
+  // C layout of m16n8: c0 c1 at (g, 2t), (g, 2t + 1), c2 c3 eight rows below.
+  if constexpr (kAsync) cp_async_wait<0>();  // only empty groups are left; the stages get reused
+  __syncthreads();                           // every warp is done with the stages
+  constexpr int kCLd = Cfg::BN + kPad;  // 272- or 144-byte rows: the pair writes below hit 32 banks
+  static_assert(Cfg::BM * kCLd <= Cfg::STAGES * (A::kElems + B::kElems), "the D tile fits in the stages");
+  T* cs = as;
   const int g = lane / 4, t = lane % 4;
+  const bool second = writes_d2(p);
+#pragma unroll
+  for (int mi = 0; mi < Cfg::MI; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < Cfg::NI; ++ni)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = wm + mi * 16 + g + 8 * h, c = wn + ni * 8 + 2 * t;
+        float d[2] = {0.0f, 0.0f}, d2[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int e = 0; e < 2; ++e)  // bias and AUX exist only inside the matrix
+          if (m0 + r < p.m && n0 + c + e < p.n)
+            epilogue_value<T>(p, m0 + r, n0 + c + e, acc[mi][ni][2 * h + e], d[e], d2[e]);
+        *reinterpret_cast<uint32_t*>(cs + r * kCLd + c) = pack2<T>(d[0], d[1]);
+        acc[mi][ni][2 * h] = d2[0];
+        acc[mi][ni][2 * h + 1] = d2[1];
+      }
+  __syncthreads();
+  const int64_t rows = p.m - m0, cols = p.n - n0;
+  store_tile<T, Cfg::BM, Cfg::BN, Cfg::kThreads>(static_cast<T*>(p.d) + m0 * p.ldd + n0, p.ldd, rows, cols, cs,
+                                                 kCLd, aligned16(p.d) && p.ldd % 8 == 0, tid);
+  if (!second) return;
+  __syncthreads();  // the D tile has been read
 #pragma unroll
   for (int mi = 0; mi < Cfg::MI; ++mi)
 #pragma unroll
     for (int ni = 0; ni < Cfg::NI; ++ni)
 #pragma unroll
       for (int h = 0; h < 2; ++h)
-        epilogue_pair<T>(p, m0 + wm + mi * 16 + g + 8 * h, n0 + wn + ni * 8 + 2 * t, acc[mi][ni][2 * h],
-                         acc[mi][ni][2 * h + 1], packed);
+        *reinterpret_cast<uint32_t*>(cs + (wm + mi * 16 + g + 8 * h) * kCLd + wn + ni * 8 + 2 * t) =
+            pack2<T>(acc[mi][ni][2 * h], acc[mi][ni][2 * h + 1]);
+  __syncthreads();
+  store_tile<T, Cfg::BM, Cfg::BN, Cfg::kThreads>(static_cast<T*>(p.d2) + m0 * p.ldd2 + n0, p.ldd2, rows, cols, cs,
+                                                 kCLd, aligned16(p.d2) && p.ldd2 % 8 == 0, tid);
 }
 
 // ---- fp32 GEMM (SIMT) ----
@@ -407,8 +445,6 @@ namespace {
 
 const char* status(cudaError_t err) { return err == cudaSuccess ? nullptr : cudaGetErrorString(err); }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 // 128x128 tiles once they make at least one block per SM of an H100 (132 SMs; an A100 has
 // 108), so no SM idles for the sake of reuse; below that, 64x64 tiles (4x the blocks).
 constexpr int64_t kLargeTileMinBlocks = 132;
@@ -444,7 +480,8 @@ const char* gemm_tc(const nk::GemmParams& p, GemmPath path, cudaStream_t stream)
   const bool async_ok = aligned16(p.a) && aligned16(p.b) && (a_kc ? p.a_stride_m : p.a_stride_k) % 8 == 0 &&
                         (b_kc ? p.b_stride_n : p.b_stride_k) % 8 == 0;
   if (path == GemmPath::automatic) {
-    const int64_t large_blocks = ((p.m + LargeTile::BM - 1) / LargeTile::BM) * ((p.n + LargeTile::BN - 1) / LargeTile::BN);
+    const int64_t large_blocks =
+        ((p.m + LargeTile::BM - 1) / LargeTile::BM) * ((p.n + LargeTile::BN - 1) / LargeTile::BN);
     path = !async_ok ? GemmPath::unaligned
                      : (large_blocks >= kLargeTileMinBlocks ? GemmPath::large_tile : GemmPath::small_tile);
   }
