@@ -9,11 +9,12 @@ library's source files on this machine; `--data FILE` for any text file (charact
 On a GPU the model has GPT-2 124M's shapes (12 layers, 12 heads, 768 wide, block 1024) and
 trains under bf16 autocast; the fused backend is, per op, the fastest one that runs ("cuda",
 else "triton"). On the CPU the model is tiny and the kernels run emulated ("cuda": our CUDA
-source through the CPU harness; "triton": Triton's interpreter), which is correct but slow:
-there the fused run takes fewer steps (--fused-steps, default 6) than the eager one, the
-losses are compared on the steps both ran, the tokens/s of the fused run measure the
-emulation, not the kernels, and the closing sample from the fused model's weights is drawn
-with the eager backend (same weights, set_backend in place).
+source through the CPU harness; "triton": Triton's interpreter). At these tiny shapes the
+CUDA harness is about as fast as eager, so the fused run takes as many steps as the eager one;
+Triton's interpreter is far slower, so when any op runs on it the fused run takes 6 steps
+(--fused-steps sets it) and the losses are compared on the steps both ran. On the CPU the fused tokens/s measure the emulation, not the kernels, and the closing
+sample from the fused model's weights is drawn with the eager backend (same weights,
+set_backend in place).
 
 Writes <out>/losses.csv (per-step losses and step times of both runs) and, when matplotlib
 is installed, <out>/losses.png; prints a table, tokens/s, the speedup, MFU (GPU) and a sample.
@@ -35,11 +36,14 @@ from nanogpt_kernels.model import GPT, GPTConfig, OPS
 
 # Model and run defaults per device: the CPU's fit a couple of minutes in all.
 DEFAULTS = {
-    "cpu": dict(n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=8, steps=60, fused_steps=6, lr=2e-3,
+    # fused_steps None: all of them when every op runs on the CUDA harness (about as fast as
+    # eager at this size), TRITON_CPU_STEPS when some op needs Triton's interpreter (far slower).
+    "cpu": dict(n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=8, steps=60, fused_steps=None, lr=2e-3,
                 sample_tokens=300),
     "cuda": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=8, steps=60, fused_steps=60,
                  lr=6e-4, sample_tokens=500),
 }
+TRITON_CPU_STEPS = 6
 CORPUS_CHARS = 2_000_000  # about 2 MB of the standard library's source
 
 
@@ -190,7 +194,8 @@ def _progress(total, desc, enabled):
 
 
 def train(label, config, data, args, device, steps, seed):
-    """Per-step (loss, seconds) of `steps` AdamW steps; the trained model."""
+    """Per-step (loss, seconds) of `steps` AdamW steps; the trained model. The learning-rate
+    schedule depends on --steps only, so a shorter fused run follows the eager run's."""
     torch.manual_seed(seed)
     model = GPT(config, seed=seed).to(device)
     opt = model.configure_optimizers(0.1, args.lr, (0.9, 0.99), device.type, verbose=False)
@@ -199,7 +204,7 @@ def train(label, config, data, args, device, steps, seed):
     bar = _progress(steps, label, not args.no_progress)
     losses, times = [], []
     for step in range(steps):
-        lr = args.lr * min(1.0, (step + 1) / max(1, steps // 10))  # short linear warmup
+        lr = args.lr * min(1.0, (step + 1) / max(1, args.steps // 10))  # short linear warmup
         for group in opt.param_groups:
             group["lr"] = lr
         x, y = data.batch("train", args.batch_size, config.block_size, gen, device)
@@ -268,7 +273,6 @@ def run(args) -> int:
     for key, value in d.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    args.fused_steps = min(args.fused_steps, args.steps)
     if args.n_embd % args.n_head:
         print(f"error: --n-embd {args.n_embd} must be a multiple of --n-head {args.n_head}", file=sys.stderr)
         return 2
@@ -280,6 +284,9 @@ def run(args) -> int:
     label = "+".join(sorted(set(backend.values()))) if len(set(backend.values())) == 1 else \
         ", ".join(f"{op}={b}" for op, b in backend.items())
     emulated = device.type == "cpu"
+    if args.fused_steps is None:
+        args.fused_steps = TRITON_CPU_STEPS if "triton" in backend.values() else args.steps
+    args.fused_steps = min(args.fused_steps, args.steps)
     print(f"nanogpt_kernels demo on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}")
     print(f"data: {data.description}")
     print(f"model: {args.n_layer} layers, {args.n_head} heads, {args.n_embd} wide, block {args.block_size}, "
@@ -344,7 +351,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fused backend: auto = per op the first of cuda, triton that runs here")
     p.add_argument("--steps", type=int, default=None, help=f"eager training steps {both('steps')}")
     p.add_argument("--fused-steps", type=int, default=None,
-                   help=f"fused training steps {both('fused_steps')}: on CPU the kernels are emulated, slowly")
+                   help="fused training steps (default: as many as --steps; on CPU 6 when an op runs in Triton's "
+                   "interpreter)")
     p.add_argument("--n-layer", type=int, default=None, help=f"{both('n_layer')}")
     p.add_argument("--n-head", type=int, default=None, help=f"{both('n_head')}")
     p.add_argument("--n-embd", type=int, default=None, help=f"{both('n_embd')}")
