@@ -93,6 +93,13 @@ def test_other_head_dims(device, backend, D):
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_nanogpt_views_are_not_copied(backend, dtype):
+    q, k, v, _ = nanogpt_qkv(2, 12, 10, 64, dtype, DEVICES[-1])
+    assert all(attn_ops._kernel_layout(t, backend) is t for t in (q, k, v))
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 def test_contiguous_and_output_layout(backend):
     q, k, v, dout = nanogpt_qkv(2, 2, 40, 32, torch.float16, DEVICES[-1], seed=3)
     q, k, v = (t.contiguous() for t in (q, k, v))
