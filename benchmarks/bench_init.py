@@ -20,6 +20,10 @@ import torch
 from torch import nn
 
 import nanogpt_kernels as nk
+from common import Case, NotMeasured, Settings, backend_or_skip, short
+from roofline import normal_init_bytes
+
+OPS = ("normal_init",)
 
 # GPT-2 family (n_layer, n_head, n_embd), nanoGPT's vocab of 50304 and block size 1024.
 CONFIGS = {"124M": (12, 12, 768), "350M": (24, 16, 1024), "774M": (36, 20, 1280), "1558M": (48, 25, 1600)}
@@ -105,6 +109,70 @@ def validate(device):
     for (name, a), b in zip(small.state_dict().items(), reference.state_dict().values()):
         if not torch.equal(a, b):
             raise SystemExit(f"init_gpt_ differs from the eager reference at {name}")
+
+
+def validate_backend(device, backend) -> str | None:
+    """None when init_gpt_ on `backend` gives the eager generator's bits on a small model, else why not."""
+    small = GPT(2, 64, vocab=300, block_size=32).to(device)
+    reference = GPT(2, 64, vocab=300, block_size=32).to(device)
+    nk.init_gpt_(small, seed=0, backend=backend)
+    nk.init_gpt_(reference, seed=0, backend="eager")
+    for (name, a), b in zip(small.state_dict().items(), reference.state_dict().values()):
+        if not torch.equal(a, b):
+            return f"differs from the eager generator at {name}"
+    return None
+
+
+def _suite_providers(device):
+    """The suite's providers of whole-model init: name -> init(model) or Skip."""
+    out = {"nanoGPT loop": nanogpt_init, "per-tensor loop": per_tensor_init,
+           "eager": lambda m: nk.init_gpt_(m, seed=0, backend="eager")}
+    for backend in ("triton", "cuda"):
+        out[backend] = backend_or_skip(backend, device, lambda be: lambda m: nk.init_gpt_(m, seed=0, backend=be))
+    if device.type == "cpu":  # the default CPU path: our multithreaded C++ generator
+        out["c++ cpu"] = lambda m: nk.init_gpt_(m, seed=0)
+    return out
+
+
+def _prepare(case: Case, provider: str, settings: Settings) -> dict:
+    """Ours (init_gpt_ on a backend) must give the eager generator's bits on a small model; the
+    model to time is built once per case."""
+    fn = case.providers[provider]
+    try:
+        if provider in ("triton", "cuda", "c++ cpu"):
+            problem = validate_backend(settings.device, None if provider == "c++ cpu" else provider)
+            if problem:
+                raise NotMeasured("invalid", problem)
+        if "model" not in case.cache:
+            name = case.shape["model"]
+            case.cache["model"] = (build(name, settings.device, case.dtype) if name in CONFIGS
+                                   else GPT(*TINY[:2], **TINY[2]).to(settings.device, case.dtype))
+        model = case.cache["model"]
+        fn(model)
+    except NotMeasured:
+        raise
+    except Exception as e:  # a failing provider is a record, never the end of the run
+        raise NotMeasured("error", short(e)) from e
+    return {"fwd": lambda: fn(model)}
+
+
+TINY = (2, 64, {"vocab": 512, "block_size": 64})
+
+
+def cases(settings: Settings, models=None) -> list[Case]:
+    """One case per model: the whole-model init as one "fwd" measurement, in GB/s written."""
+    dtype = torch.float32
+    models = models or (["tiny"] if settings.smoke else (["124M", "350M"] if settings.quick else list(CONFIGS)))
+    out = []
+    for name in models:
+        with torch.device("meta"):
+            model = GPT(CONFIGS[name][0], CONFIGS[name][2]) if name in CONFIGS else GPT(*TINY[:2], **TINY[2])
+        numel = sum(p.numel() for p in model.parameters())
+        out.append(Case(op="normal_init", shape={"model": name, "params": numel}, size=numel,
+                        size_name="parameters", dtype=dtype, flops={},
+                        bytes={"fwd": normal_init_bytes(numel, torch.tensor([], dtype=dtype).element_size())},
+                        metric="GB/s", providers=_suite_providers(settings.device), modes=("fwd",), prepare=_prepare))
+    return out
 
 
 def main():
