@@ -121,7 +121,12 @@ def cases(settings: Settings, head_dims=None) -> list[Case]:
                         size_name="sequence length T", dtype=dtype, flops=attention_flops(B, H, T, D),
                         bytes=attention_bytes(B, H, T, D, item), metric="TFLOP/s", providers=providers(device, H, D),
                         make_inputs=make, reference=math_attention, input_names=("q", "k", "v"),
-                        output_names=("out",), series=f"D={D}", plot=plotted))
+                        output_names=("out",), series=f"D={D}", plot=plotted,
+                        # the float64 math reference holds a few B x H x T x T score matrices (~100 GB
+                        # at T = 16k): past 4 GB each, the reference is SDPA's memory-efficient
+                        # kernel in float32 instead
+                        extra={} if B * H * T * T * 8 <= 4e9 else {"reference_dtype": torch.float32,
+                                                                     "reference_fn": sdpa}))
     return out
 
 
