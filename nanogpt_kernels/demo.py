@@ -291,8 +291,9 @@ def run(args) -> int:
     print(f"data: {data.description}")
     print(f"model: {args.n_layer} layers, {args.n_head} heads, {args.n_embd} wide, block {args.block_size}, "
           f"batch {args.batch_size}" + (", bf16 autocast" if device.type == "cuda" else ""))
-    print(f"fused backend: {label}" + (" (emulated on the CPU: the Triton interpreter / the CUDA harness)"
-                                        if emulated and set(backend.values()) != {"eager"} else ""))
+    how = {"cuda": "cuda = our CUDA source on the CPU harness", "triton": "triton = Triton's interpreter"}
+    used = [how[b] for b in ("cuda", "triton") if b in backend.values()]
+    print(f"fused backend: {label}" + (f" (emulated on the CPU: {'; '.join(used)})" if emulated and used else ""))
     for line in why:
         print(f"  not used: {line}")
     print(f"steps: eager {args.steps}, fused {args.fused_steps}")
