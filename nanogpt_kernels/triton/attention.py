@@ -334,9 +334,11 @@ def _attention_bwd_dkdv_inner(
         else:
             lse = tl.load(LSE + offs_m)
         qkT = _dot(k, tl.trans(q), UPCAST_DOT)
-        pT = tl.math.exp2(qkT * qk_scale - (lse * LOG2E)[None, :])
+        # Masked before exp2, not after: above the diagonal s - lse can be large and positive.
+        arg = qkT * qk_scale - (lse * LOG2E)[None, :]
         if MASK:
-            pT = tl.where((offs_m[None, :] >= offs_n[:, None]) & (offs_m < T)[None, :], pT, 0.0)
+            arg = tl.where((offs_m[None, :] >= offs_n[:, None]) & (offs_m < T)[None, :], arg, float("-inf"))
+        pT = tl.math.exp2(arg)
         do = _load_rows(DO + row0 * stride_dot, offs_m, stride_dot, T, MASK, HEAD_DIM, BLOCK_D)
         dpT = _dot(v, tl.trans(do), UPCAST_DOT)
         if DROPOUT_ENABLED:
@@ -455,9 +457,10 @@ def _attention_bwd_dq_inner(
         row0 = start_n.to(tl.int64)
         k = _load_rows(K + row0 * stride_kt, cols, stride_kt, T, MASK, HEAD_DIM, BLOCK_D)
         qk = _dot(q, tl.trans(k), UPCAST_DOT)
-        p = tl.math.exp2(qk * qk_scale - lse2[:, None])
-        if MASK:
-            p = tl.where((cols[None, :] <= offs_m[:, None]) & (cols < T)[None, :], p, 0.0)
+        arg = qk * qk_scale - lse2[:, None]
+        if MASK:  # before exp2: above the diagonal s - lse can overflow it
+            arg = tl.where((cols[None, :] <= offs_m[:, None]) & (cols < T)[None, :], arg, float("-inf"))
+        p = tl.math.exp2(arg)
         v = _load_rows(V + row0 * stride_vt, cols, stride_vt, T, MASK, HEAD_DIM, BLOCK_D)
         dp = _dot(do, tl.trans(v), UPCAST_DOT)
         if DROPOUT_ENABLED:
@@ -535,15 +538,17 @@ class _Blocks(tuple):
         return super().__new__(cls, (block_m, block_n, num_warps, num_stages))
 
 
-# Under the interpreter a program costs per operation, not per element: few, large-enough
-# tiles keep a T = 200 forward + backward well under a second. BLOCK_N = 32 keeps the
-# Philox and masking arrays small where dropout runs.
-_CPU_BLOCKS = {"fwd": _Blocks(64, 32, 4, 1), "dkdv": _Blocks(32, 64, 4, 1), "dq": _Blocks(64, 32, 4, 1)}
+# Under the interpreter a step costs per operation (~0.1 ms of Python each), hardly per
+# element, so fewer and larger tiles win until the causal waste of large diagonal blocks
+# dominates. T = 200, D = 64, B = 2, H = 3, fp16, forward + backward (process time, loaded
+# 2-core machine): 32/32 tiles 7.8 s, 64/32 2.2 s, 64/64 1.6 s, 128/128 2.8 s; with dropout
+# 64/64 3.1 s.
+_CPU_BLOCKS = {"fwd": _Blocks(64, 64, 4, 1), "dkdv": _Blocks(64, 64, 4, 1), "dq": _Blocks(64, 64, 4, 1)}
 _PREPROCESS_BLOCK_M = 64  # rows per preprocess program: a memory-bound reduction over D
 _PREPROCESS_NUM_WARPS = 4
 
 
-def _gpu_blocks(kind, dtype, block_d, cc_major):
+def _gpu_blocks(kind, dtype, block_d, cc_major, dropout):
     """One config per (kernel, dtype, padded head dim, arch) on a GPU: no autotuning, which
     breaks the interpreter and makes runs depend on timing noise.
 
@@ -553,25 +558,33 @@ def _gpu_blocks(kind, dtype, block_d, cc_major):
     keeps (q in fwd; k, v, dk, dv in dkdv; q, do, dq in dq) in registers."""
     wide = block_d > 64  # head dims 80, 96, 128 pad to 128 columns
     if dtype == torch.float32:
-        # ieee fp32 dots run on the FMA units (no tensor cores) and take twice the registers
-        # per tile: small tiles, and little to gain from deep pipelines.
-        blocks = {"fwd": _Blocks(64, 32, 4, 2), "dkdv": _Blocks(32, 32, 4, 2), "dq": _Blocks(32, 32, 4, 2)}
-        if wide:
-            blocks = {"fwd": _Blocks(32, 32, 4, 2), "dkdv": _Blocks(16, 32, 4, 2), "dq": _Blocks(32, 16, 4, 2)}
-        return blocks[kind]
+        # ieee fp32 dots run on the FMA units, whose operand layouts replicate each row of A
+        # (column of B) across the threads of a row (column) of outputs: a 64 x 32 forward
+        # tile already spilled ~1 KB at D = 64. Small tiles; dK/dV keeps four [BLOCK_N, D]
+        # fp32 tiles (k, v, dk, dv) and takes 8 warps.
+        if kind == "fwd":
+            return _Blocks(32, 16 if wide else 32, 4, 2)
+        if kind == "dkdv":
+            return _Blocks(16, 32, 8, 2) if wide else _Blocks(32, 32, 8, 2)
+        return _Blocks(32, 16, 4, 2) if wide else _Blocks(32, 32, 4, 2)  # dq
     stages = 3
     if kind == "fwd":
-        return _Blocks(128, 64, 8 if wide else 4, stages)
+        # 4 warps on 128 x 64 tiles spill on sm_80 already at D = 64 (q, acc and S take
+        # 32 + 64 + 64 registers per thread). At D = 128, 8 warps with 64-key blocks spill
+        # 52 bytes on sm_80 (mma.sync keeps more in registers than sm_90's wgmma) and, with
+        # dropout's Philox words, on sm_90 too: 32-key blocks there. One config for both
+        # archs: the compile check builds every config for every arch.
+        return _Blocks(128, 32 if wide else 64, 8, stages)
     if kind == "dkdv":
         return _Blocks(32, 64, 8 if wide else 4, stages)
     return _Blocks(64, 32, 8 if wide else 4, stages)  # dq
 
 
-def _blocks(kind, t):
+def _blocks(kind, t, dropout):
     if t.device.type != "cuda":
         return _CPU_BLOCKS[kind]
     return _gpu_blocks(kind, t.dtype, triton.next_power_of_2(t.shape[-1]),
-                       torch.cuda.get_device_capability(t.device)[0])
+                       torch.cuda.get_device_capability(t.device)[0], dropout)
 
 
 def _as_i32(x):
@@ -637,7 +650,7 @@ def attention_fwd(q, k, v, o, lse, scale: float, dropout_threshold: int, dropout
     if B * H * T == 0:
         return
     threshold, keep_scale, seed_lo, seed_hi, dropout = _dropout_args(dropout_threshold, dropout_scale, seed)
-    block_m, block_n, num_warps, num_stages = _blocks("fwd", q)
+    block_m, block_n, num_warps, num_stages = _blocks("fwd", q, dropout)
     with _device_guard(q):
         _attention_fwd_kernel[(B * H, _grid_blocks(T, block_m))](
             q, k, v, o, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(o), H, T, float(scale),
@@ -667,13 +680,13 @@ def attention_bwd(do, q, k, v, o, lse, dq, dk, dv, scale: float, dropout_thresho
             o, do, delta, *_strides(o), *_strides(do), H, T,
             HEAD_DIM=D, BLOCK_M=_PREPROCESS_BLOCK_M, BLOCK_D=block_d, num_warps=_PREPROCESS_NUM_WARPS,
         )
-        block_m, block_n, num_warps, num_stages = _blocks("dkdv", q)
+        block_m, block_n, num_warps, num_stages = _blocks("dkdv", q, dropout)
         _attention_bwd_dkdv_kernel[(B * H, _grid_blocks(T, block_n))](
             q, k, v, do, lse, delta, dk, dv, *_strides(q), *_strides(k), *_strides(v), *_strides(do),
             *_strides(dk), *_strides(dv), H, T, float(scale), threshold, keep_scale, seed_lo, seed_hi,
             **common, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages,
         )
-        block_m, block_n, num_warps, num_stages = _blocks("dq", q)
+        block_m, block_n, num_warps, num_stages = _blocks("dq", q, dropout)
         _attention_bwd_dq_kernel[(B * H, _grid_blocks(T, block_m))](
             q, k, v, do, lse, delta, dq, *_strides(q), *_strides(k), *_strides(v), *_strides(do),
             *_strides(dq), H, T, float(scale), threshold, keep_scale, seed_lo, seed_hi,
@@ -732,7 +745,6 @@ def compile_configs():
     for `triton.compile(ASTSource(fn, signature, constexprs, attrs), target, options)`. A config
     that differs between the archs is listed once per arch (named with its cc)."""
     configs = []
-    seen = set()
     for dtype, t in _TRITON_DTYPES.items():
         for head_dim in HEAD_DIMS:
             block_d = triton.next_power_of_2(head_dim)
@@ -744,19 +756,16 @@ def compile_configs():
                             "options": {"num_warps": _PREPROCESS_NUM_WARPS},
                             "attrs": _attrs(signature, {n for n in signature if n.startswith("stride")})})
             for kind, (fn, args) in _KERNEL_ARGS.items():
-                per_cc = {cc: _gpu_blocks(kind, dtype, block_d, cc // 10) for cc in _GPU_CCS}
-                for cc, (block_m, block_n, num_warps, num_stages) in per_cc.items():
-                    if len(set(per_cc.values())) == 1 and cc != _GPU_CCS[0]:
-                        continue  # the same config on every arch: list it once
-                    arch = "" if len(set(per_cc.values())) == 1 else f"_sm{cc}"
-                    for dropout in (False, True):
+                for dropout in (False, True):
+                    per_cc = {cc: _gpu_blocks(kind, dtype, block_d, cc // 10, dropout) for cc in _GPU_CCS}
+                    for cc, (block_m, block_n, num_warps, num_stages) in per_cc.items():
+                        if len(set(per_cc.values())) == 1 and cc != _GPU_CCS[0]:
+                            continue  # the same config on every arch: list it once
+                        arch = "" if len(set(per_cc.values())) == 1 else f"_sm{cc}"
                         constexprs = {"DROPOUT_ENABLED": dropout, "UPCAST_DOT": False, "HEAD_DIM": head_dim,
                                       "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d}
                         signature = {**_signature(args, t), **{k: "constexpr" for k in constexprs}}
                         name = f"attention_{kind}_{t}_d{head_dim}_drop{int(dropout)}{arch}"
-                        if name in seen:
-                            continue
-                        seen.add(name)
                         configs.append({"name": name, "fn": fn, "signature": signature, "constexprs": constexprs,
                                         "options": {"num_warps": num_warps, "num_stages": num_stages},
                                         "attrs": _attrs(signature, {n for n, k in args if k == "stride"})})
