@@ -12,7 +12,7 @@ import pytest
 from nanogpt_kernels._build_flags import NVCC_FLAGS, gencode_flags
 from nanogpt_kernels._compile_check import SHARED_LIMITS, _demangle, _parse_ptxas, find_nvcc
 from test_harness import ROOT, build, run
-from test_harness_mma import sass_by_function
+from test_harness_mma import find_cuobjdump
 
 SOURCE = "tests/harness/mlp_test.cu"
 ARCHS = ("sm_80", "sm_90a")
@@ -68,12 +68,34 @@ def test_mlp_kernels_fit(mlp_object):
     assert gemms == 2 * 4 * 3 * len(ARCHS), names
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_mlp_sass(mlp_object, arch):
+@pytest.fixture(scope="module")
+def mlp_sass(mlp_object):
+    """{(arch, demangled kernel name): SASS text}, from one cuobjdump run over both archs (the
+    object holds 31 kernels of up to thousands of instructions per arch: lines are collected in
+    lists and joined once)."""
     obj, _ = mlp_object
-    sass = {name: text for (a, name), text in sass_by_function(obj).items() if a == arch}
-    demangled = dict(zip(sass, _demangle(list(sass))))
-    tc = {demangled[n]: t for n, t in sass.items() if "gemm_tc_kernel" in demangled[n]}
+    cmd = [find_cuobjdump(), "--dump-sass", str(obj)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stderr}"
+    lines = {}
+    arch = function = None
+    for line in result.stdout.splitlines():
+        if m := re.match(r"\s*arch = (sm_\w+)", line):
+            arch, function = m.group(1), None
+        elif m := re.search(r"Function : (\S+)", line):
+            function = m.group(1)
+            lines[arch, function] = []
+        elif arch and function:
+            lines[arch, function].append(line)
+    keys = list(lines)
+    names = _demangle([function for _, function in keys])
+    return {(arch, name): "\n".join(lines[arch, function]) for (arch, function), name in zip(keys, names)}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_mlp_sass(mlp_sass, arch):
+    sass = {name: text for (a, name), text in mlp_sass.items() if a == arch}
+    tc = {name: text for name, text in sass.items() if "gemm_tc_kernel" in name}
     assert len(tc) == 24, sorted(tc)
     for name, text in tc.items():
         m = re.search(r"gemm_tc_kernel<(\w+), .*>, (true|false), (true|false), (true|false)>", name)
@@ -92,5 +114,5 @@ def test_mlp_sass(mlp_object, arch):
             assert "LDGSTS" not in text, f"{name}: the element-wise load path issues cp.async"
         if dtype == "__half":
             assert "HMMA.16816.F32.BF16" not in text, f"{name}: the f16 GEMM runs bf16 MMAs"
-    f32 = [t for n, t in sass.items() if "gemm_f32_kernel" in demangled[n]]
+    f32 = [text for name, text in sass.items() if "gemm_f32_kernel" in name]
     assert len(f32) == 1 and "FFMA" in f32[0] and "HMMA" not in f32[0], "the fp32 GEMM must not use tensor cores"
