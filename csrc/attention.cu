@@ -59,12 +59,12 @@ __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
 // the forward and dQ kernels, key rows in dK/dV), so every block is 64 rows.
 //   forward, dQ: BM = 64 query rows, BN keys per step: 64 up to D = 64, 32 above. Per thread
 //     S (and dP) take BN/2 floats, O or dQ D/2, the Q (and dO) fragments D/4 registers each:
-//     at D = 128 that is 16 + 64 + 32 (forward, 166 registers in all) and 32 + 64 + 64 (dQ,
-//     232); the double-buffered K/V stages stay small (2 * 2 * 32 * 136 * 2 bytes = 34 KB at
-//     D = 128, plus 17 KB of Q: 3 forward CTAs per A100 SM).
+//     at D = 128 that is 16 + 64 + 32 (forward, 168 registers in all on sm_80) and 32 + 64 +
+//     64 (dQ, 232); the double-buffered K/V stages stay small (2 * 2 * 32 * 136 * 2 bytes =
+//     34 KB at D = 128, plus 17 KB of Q: 3 forward CTAs per A100 SM).
 //   dK/dV: 64 keys per CTA, BM2 query rows per step: 64 up to D = 64, 32 above. dK and dV
 //     accumulators are D floats per thread together (128 at D = 128), so K and V stay in
-//     shared memory and are re-read by ldmatrix rather than held as fragments (243 registers).
+//     shared memory and are re-read by ldmatrix rather than held as fragments (242 registers).
 template <int D>
 struct Tiles {
   static_assert(nk::attention_head_dim_supported(D), "unsupported head dim");
@@ -529,8 +529,9 @@ __device__ __forceinline__ void load_q_stage(const nk::AttentionBwdParams& p, co
   }
 }
 
+// minBlocks = 1: without it ptxas aims at 3 CTAs per SM (168 registers) and spills at D = 16.
 template <typename T, int D>
-__global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_kernel(nk::AttentionBwdParams p) {
+__global__ void __launch_bounds__(kThreads, 1) attn_bwd_dkdv_kernel(nk::AttentionBwdParams p) {
   using Cfg = Tiles<D>;
   static_assert(Cfg::template dkdv_smem<T>() <= kMaxSmem, "tiles exceed the shared memory of a CTA");
   constexpr int BN2 = Cfg::BN2, BM2 = Cfg::BM2, LD = Cfg::LD, KT = D / 16, DT = D / 8, NT = BM2 / 8;
@@ -589,24 +590,20 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_kernel(nk::AttentionBw
       const bool need_mask = q0 < k0w + 15;
       // P^T, then in place: st = dS^T = P^T * (dP'^T - delta), dpt = dropped P^T (unscaled:
       // dV is multiplied by dropout_scale at the end).
-      // The keep bits first, in a pass of their own: interleaved with the exp2 pass below,
-      // ptxas (sm_90a, D = 16) spills a register.
-      unsigned kb[NT];
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-        kb[nt] = dropout ? keep_bits_kq(k0w, q0 + nt * 8, hd.bh, p.seed, p.dropout_threshold) : 0xfu;
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
+      for (int nt = 0; nt < NT; ++nt) {
+        const unsigned kb = dropout ? keep_bits_kq(k0w, q0 + nt * 8, hd.bh, p.seed, p.dropout_threshold) : 0xfu;
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const int qi = nt * 8 + mma_acc_col(lane, i);  // query row within the step
           float pr = exp2f(st[nt][i] * scale_log2 - sLs[qi]);
           if (need_mask && q0 + qi < keys[i / 2]) pr = 0.0f;
-          const bool kept = (kb[nt] >> i) & 1u;
+          const bool kept = (kb >> i) & 1u;
           const float dpv = kept ? (dropout ? dpt[nt][i] * p.dropout_scale : dpt[nt][i]) : 0.0f;
           st[nt][i] = pr * (dpv - sDls[qi]);
           dpt[nt][i] = kept ? pr : 0.0f;
         }
+      }
       mma_pv<T, BM2 / 16, DT, LD>(dv, dpt, sdOs);
       mma_pv<T, BM2 / 16, DT, LD>(dk, st, sQs);
     }

@@ -132,9 +132,9 @@ HeadRef reference(const std::vector<double>& q, const std::vector<double>& k, co
   for (int i = 0; i < Tn; ++i)
     for (int d = 0; d < D; ++d) {
       double aq = 0.0, ak = 0.0, av = 0.0;
-      for (int j = 0; j < Tn; ++j) {
-        aq += dS[(size_t)i * Tn + j] * k[(size_t)j * D + d];   // dQ_i = sum_j dS_ij k_j
-        ak += dS[(size_t)j * Tn + i] * q[(size_t)j * D + d];   // dK_i = sum_j dS_ji q_j
+      for (int j = 0; j <= i; ++j) aq += dS[(size_t)i * Tn + j] * k[(size_t)j * D + d];  // dQ_i = sum_j dS_ij k_j
+      for (int j = i; j < Tn; ++j) {  // dS and P vanish above the diagonal
+        ak += dS[(size_t)j * Tn + i] * q[(size_t)j * D + d];  // dK_i = sum_j dS_ji q_j
         av += Pd[(size_t)j * Tn + i] * dout[(size_t)j * D + d];
       }
       out.dq[(size_t)i * D + d] = r(aq * scale);

@@ -31,8 +31,8 @@ using namespace NK_NS;
 // Accumulator (C/D) layout of mma.m16n8k16, PTX ISA "Matrix Fragments for mma.m16n8k16 with
 // floating point type": element i of lane l sits at row l/4 (+8 for i >= 2), column
 // 2*(l%4) + (i & 1).
-__device__ __forceinline__ int acc_row(int lane, int i) { return lane / 4 + (i >= 2 ? 8 : 0); }
-__device__ __forceinline__ int acc_col(int lane, int i) { return 2 * (lane % 4) + (i & 1); }
+__host__ __device__ __forceinline__ int acc_row(int lane, int i) { return lane / 4 + (i >= 2 ? 8 : 0); }
+__host__ __device__ __forceinline__ int acc_col(int lane, int i) { return 2 * (lane % 4) + (i & 1); }
 
 // One m16n8k16 per warp, operands through shared memory and ldmatrix. A is (16*m_tiles) x 16
 // row-major; B is 16 x (8*n_tiles), stored row-major [k][n] when kBKN (loaded with
