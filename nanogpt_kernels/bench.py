@@ -107,6 +107,13 @@ def collect_cases(ops, settings, common):
         except Exception as e:
             for op in module_ops:
                 failed.append(_failed_op_record(op, "error", f"benchmark set-up failed: {common.short(e)}", settings))
+    if settings.quick:  # compiling takes longer than measuring: one shape per op is enough for a quick run
+        seen = set()
+        for case in cases:
+            if case.op in seen and callable(case.providers.get("torch.compile")):
+                case.providers["torch.compile"] = common.Skip("--quick: torch.compile is measured at the first "
+                                                              "shape of each op only")
+            seen.add(case.op)
     return cases, failed
 
 
