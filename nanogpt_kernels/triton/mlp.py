@@ -60,7 +60,7 @@ _MIN_LARGE_TILES = 128
 _GROUP_M = 8
 # Under the interpreter each tl.* call costs Python overhead on a whole tile, so fewer,
 # bigger tiles are faster; numpy does the arithmetic. Clamped to the problem below.
-_CPU_BLOCK = (128, 128, 128)
+_CPU_BLOCK = (256, 256, 256)
 
 # Column sum: 32 x 128 tiles over 4 warps, 32 values (four 16-byte fp16 loads) per thread per
 # step; each first-stage program sums 256 rows, so M = 8192, N = 768 gives 32 x 6 programs.
@@ -430,17 +430,19 @@ def column_sum(x, out) -> None:
         x = x.contiguous()
     target = out if out.is_contiguous() else torch.empty_like(out)
     G = triton.cdiv(M, _COLSUM_ROWS_PER_PARTIAL)
-    col_blocks = triton.cdiv(N, _COLSUM_BLOCK_N)
+    # The interpreter pays per program step, not per element: on CPU a slice is one step.
+    block_m, block_n = ((_COLSUM_ROWS_PER_PARTIAL, 512) if x.device.type == "cpu"
+                        else (_COLSUM_BLOCK_M, _COLSUM_BLOCK_N))
+    col_blocks = triton.cdiv(N, block_n)
     with _device_guard(x):
         partial = target if G == 1 else torch.empty((G, N), dtype=torch.float32, device=x.device)
         _column_sum_kernel[(col_blocks, G)](
-            x, partial, M, N, max(x.stride(0), 1), ROWS=_COLSUM_ROWS_PER_PARTIAL, BLOCK_M=_COLSUM_BLOCK_M,
-            BLOCK_N=_COLSUM_BLOCK_N, num_warps=_COLSUM_NUM_WARPS,
+            x, partial, M, N, x.stride(0), ROWS=_COLSUM_ROWS_PER_PARTIAL, BLOCK_M=block_m, BLOCK_N=block_n,
+            num_warps=_COLSUM_NUM_WARPS,
         )
         if G > 1:
             _column_sum_reduce_kernel[(col_blocks,)](
-                partial, target, G, N, BLOCK_G=_COLSUM_BLOCK_M, BLOCK_N=_COLSUM_BLOCK_N,
-                num_warps=_COLSUM_NUM_WARPS,
+                partial, target, G, N, BLOCK_G=_COLSUM_BLOCK_M, BLOCK_N=block_n, num_warps=_COLSUM_NUM_WARPS,
             )
     if target is not out:
         out.copy_(target)
