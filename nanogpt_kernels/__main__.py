@@ -1,4 +1,4 @@
-"""Command line: `python -m nanogpt_kernels check` and `python -m nanogpt_kernels demo`.
+"""Command line: `python -m nanogpt_kernels check | demo | bench | kernels`.
 
 check: runs every op on every backend this install can run on the current device (a GPU if
 torch sees one, else the CPU, where "triton" is Triton's interpreter and "cuda" is our CUDA
@@ -167,9 +167,24 @@ def check_normal_init(device: torch.device, backends) -> bool:
     return ok
 
 
+# Subcommands with parsers of their own: the rest of the command line goes to their main().
+DELEGATED = {
+    "bench": ("nanogpt_kernels.bench", "benchmark every op and a GPT training step against the alternatives"),
+    "kernels": ("nanogpt_kernels.kernels_report",
+                "compile every kernel for sm_80/sm_90a and report registers, spills, shared memory, occupancy"),
+}
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATED:
+        import importlib
+
+        return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m nanogpt_kernels", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_text) in DELEGATED.items():
+        sub.add_parser(name, help=help_text + f" (python -m nanogpt_kernels {name} --help)")
     p = sub.add_parser("check", help="run every op on every available backend against eager PyTorch")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--rows", type=int, default=None, help="rows (default 4096 on a GPU, 64 on the CPU)")
