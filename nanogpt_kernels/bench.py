@@ -123,7 +123,7 @@ def _failed_op_record(op, status, reason, settings):
             "peak_bytes": None, "flops": None, "bytes": None, "valid": False, "smoke": settings.smoke}
 
 
-def run_suite(ops, settings, common, progress_total_hint=None):
+def run_suite(ops, settings, common):
     cases, records = collect_cases(ops, settings, common)
     progress = _Progress(len(cases))
     settings.log = progress.log
