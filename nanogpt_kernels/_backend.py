@@ -40,8 +40,13 @@ def _extension():
         from nanogpt_kernels import _C  # noqa: F401  (importing registers the C++ ops)
     except ImportError as e:
         return e
-    for fn in _on_extension_load:
-        fn()
+    try:
+        for fn in _on_extension_load:
+            fn()
+    except RuntimeError as e:
+        # A fake kernel for an op the library lacks: a _C built from older sources.
+        return ImportError(f"nanogpt_kernels._C is out of date with the Python package ({e}); rebuild it with "
+                           "`pip install --no-build-isolation -e .`")
     return _C
 
 

@@ -8,7 +8,7 @@ Recognised by structure, without importing any model library:
   - HuggingFace transformers' GPT-2 (GPT2LMHeadModel, GPT2Model, ...): its `Conv1D` layers
     keep their [in, out] weights, so attention and MLP become the adapters below, which call
     `causal_attention` (with the module's own scaling and attention dropout) and `gelu_mlp`
-    (with `weight.t()` views: the op makes them contiguous, one weight copy per call).
+    (with `weight.t()` views, which its GEMMs read in place: no weight copies).
 
 Every new module holds the very same Parameter objects (it takes over the old module's
 Linear/Conv1D submodules and its LayerNorm parameters), so state_dict keys and values,
@@ -127,8 +127,8 @@ class HFGPT2Attention(nn.Module):
 
 class HFGPT2MLP(nn.Module):
     """HuggingFace's GPT2MLP on `gelu_mlp`, with the same submodules (`c_fc`, `act`, `c_proj`,
-    `dropout`). Conv1D weights are [in, out]: the op gets `weight.t()` views, which it makes
-    contiguous (one copy of each weight per forward and per backward)."""
+    `dropout`). Conv1D weights are [in, out]: the op gets `weight.t()` views, which its GEMMs
+    read in place as column-major operands (no weight copies)."""
 
     def __init__(self, original: nn.Module, approximate: str, backend: Optional[str]):
         super().__init__()

@@ -62,6 +62,12 @@ def _unit_column_stride(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 or t.size(-1) <= 1 else t.contiguous()
 
 
+def _gemm_operand(w: Tensor) -> Tensor:
+    """The GEMMs take row- and column-major operands alike, so a weight stored transposed
+    (HuggingFace's Conv1D keeps [in, out]; fuse() hands its .t() views here) is used in place."""
+    return w if w.stride(0) == 1 or w.stride(1) == 1 else w.contiguous()
+
+
 @torch.library.custom_op("nanogpt_kernels::gelu_mlp_fwd", mutates_args=())
 def gelu_mlp_fwd(x: Tensor, fc_weight: Tensor, fc_bias: Optional[Tensor], proj_weight: Tensor,
                  proj_bias: Optional[Tensor], approximate: str, backend: str) -> tuple[Tensor, Tensor]:
@@ -70,10 +76,10 @@ def gelu_mlp_fwd(x: Tensor, fc_weight: Tensor, fc_bias: Optional[Tensor], proj_w
     x = _unit_column_stride(x)
     M, H, C = x.shape[0], fc_weight.shape[0], proj_weight.shape[0]
     pre, act = x.new_empty(M, H), x.new_empty(M, H)
-    gemm(x, fc_weight.contiguous().t(), pre, epilogue="bias_gelu", gelu=approximate,
+    gemm(x, _gemm_operand(fc_weight).t(), pre, epilogue="bias_gelu", gelu=approximate,
          bias=None if fc_bias is None else fc_bias.contiguous(), d2=act)
     y = x.new_empty(M, C)
-    gemm(act, proj_weight.contiguous().t(), y, epilogue="none" if proj_bias is None else "bias",
+    gemm(act, _gemm_operand(proj_weight).t(), y, epilogue="none" if proj_bias is None else "bias",
          gelu=approximate, bias=None if proj_bias is None else proj_bias.contiguous())
     return y, pre
 
@@ -90,7 +96,7 @@ def gelu_mlp_bwd(dy: Tensor, x: Tensor, pre: Tensor, fc_weight: Tensor, proj_wei
     """(dx, d fc_weight, d fc_bias, d proj_weight, d proj_bias) for 2-D x [M, C]."""
     gemm, column_sum = _kernels(backend)
     dy, x = _unit_column_stride(dy), _unit_column_stride(x)
-    fc_weight, proj_weight = fc_weight.contiguous(), proj_weight.contiguous()
+    fc_weight, proj_weight = _gemm_operand(fc_weight), _gemm_operand(proj_weight)
     M, H, C = x.shape[0], fc_weight.shape[0], proj_weight.shape[0]
     dpre, act = x.new_empty(M, H), x.new_empty(M, H)
     gemm(dy, proj_weight, dpre, epilogue="gelu_grad", gelu=approximate, aux=pre.contiguous(), d2=act)
