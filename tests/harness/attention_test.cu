@@ -39,19 +39,6 @@ static bool g_quick = false;  // "quick" on the command line
 
 namespace {
 
-template <typename T>
-struct Aligned {
-  using value_type = T;
-  Aligned() = default;
-  template <typename U>
-  Aligned(const Aligned<U>&) {}
-  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
-  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
-  template <typename U>
-  bool operator==(const Aligned<U>&) const { return true; }
-};
-template <typename T>
-using avec = std::vector<T, Aligned<T>>;
 
 template <typename T>
 const char* type_name() {

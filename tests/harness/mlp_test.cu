@@ -32,20 +32,6 @@ using namespace NK_NS;
 
 namespace {
 
-// 64-byte aligned host buffers: cp.async needs 16-byte aligned rows.
-template <typename T>
-struct Aligned {
-  using value_type = T;
-  Aligned() = default;
-  template <typename U>
-  Aligned(const Aligned<U>&) {}
-  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
-  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
-  template <typename U>
-  bool operator==(const Aligned<U>&) const { return true; }
-};
-template <typename T>
-using avec = std::vector<T, Aligned<T>>;
 
 template <typename T>
 constexpr nk::DType dtype_of() {

@@ -227,20 +227,6 @@ __global__ void cp_async_bad_size_kernel(const float* in, float* out) {
 // Host side (test driver; runs on the CPU through the harness)
 
 
-// 64-byte aligned host buffers: cp.async and ldmatrix need 16-byte aligned rows.
-template <typename T>
-struct Aligned {
-  using value_type = T;
-  Aligned() = default;
-  template <typename U>
-  Aligned(const Aligned<U>&) {}
-  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
-  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
-  template <typename U>
-  bool operator==(const Aligned<U>&) const { return true; }
-};
-template <typename T>
-using avec = std::vector<T, Aligned<T>>;
 
 static uint32_t bits_of(__half h) { return __half_as_ushort(h); }
 static uint32_t bits_of(__nv_bfloat16 b) { return __bfloat16_as_ushort(b); }
