@@ -563,7 +563,7 @@ def _gpu_blocks(kind, dtype, block_d, cc_major, dropout):
         # tile already spilled ~1 KB at D = 64. Small tiles; dK/dV keeps four [BLOCK_N, D]
         # fp32 tiles (k, v, dk, dv) and takes 8 warps.
         if kind == "fwd":  # 4 warps at D = 128 spilled ~770 bytes on sm_90a
-            return _Blocks(32, 16, 8, 2) if wide else _Blocks(32, 32, 4, 2)
+            return _Blocks(32, 16, 8, 2) if wide else _Blocks(32, 32, 8 if dropout else 4, 2)
         if kind == "dkdv":  # 16 x 32 with dropout spilled 20 bytes on sm_80
             return _Blocks(16, 16, 8, 2) if wide else _Blocks(32, 32, 8, 2)
         return _Blocks(32, 16, 4, 2) if wide else _Blocks(32, 32, 4, 2)  # dq
@@ -575,8 +575,8 @@ def _gpu_blocks(kind, dtype, block_d, cc_major, dropout):
         # dropout's Philox words, on sm_90 too: 32-key blocks there. One config for both
         # archs: the compile check builds every config for every arch.
         return _Blocks(128, 32 if wide else 64, 8, stages)
-    if kind == "dkdv":
-        return _Blocks(32, 64, 8 if wide else 4, stages)
+    if kind == "dkdv":  # 4 warps at D = 64 with dropout spilled 20 bytes on sm_80
+        return _Blocks(32, 64, 8 if wide or dropout else 4, stages)
     return _Blocks(64, 32, 8 if wide else 4, stages)  # dq
 
 
