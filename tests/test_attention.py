@@ -13,6 +13,8 @@ import nanogpt_kernels as nk
 from nanogpt_kernels.ops import attention as attn_ops
 from nanogpt_kernels.testing import max_error, tolerance
 
+import nanogpt_reference as nanogpt
+
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 KERNEL_BACKENDS = ["triton", "cuda"]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -268,34 +270,11 @@ def test_torch_compile_fullgraph(backend):
     assert drawn(q, k, v).isfinite().all()
 
 
-class NanoGPTAttention(torch.nn.Module):
-    """nanoGPT's CausalSelfAttention (model.py), the flash path, as the parity reference."""
-
-    def __init__(self, n_embd, n_head, bias, dropout):
-        super().__init__()
-        self.c_attn = torch.nn.Linear(n_embd, 3 * n_embd, bias=bias)
-        self.c_proj = torch.nn.Linear(n_embd, n_embd, bias=bias)
-        self.attn_dropout = torch.nn.Dropout(dropout)
-        self.resid_dropout = torch.nn.Dropout(dropout)
-        self.n_head, self.n_embd, self.dropout = n_head, n_embd, dropout
-
-    def forward(self, x):
-        B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=None,
-                                           dropout_p=self.dropout if self.training else 0, is_causal=True)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
-
-
 @pytest.mark.parametrize("backend", ["eager"] + KERNEL_BACKENDS)
 @pytest.mark.parametrize("bias", [True, False])
 def test_module_matches_nanogpt(backend, bias):
     torch.manual_seed(0)
-    theirs = NanoGPTAttention(96, 3, bias, dropout=0.1).eval()
+    theirs = nanogpt.CausalSelfAttention(nanogpt.Config(n_embd=96, n_head=3, bias=bias, dropout=0.1)).eval()
     ours = nk.nn.CausalSelfAttention(96, 3, bias=bias, dropout=0.1, block_size=64, backend=backend).eval()
     state = theirs.state_dict()
     state["bias"] = torch.ones(1, 1, 64, 64).tril()  # the non-flash variant's mask buffer

@@ -4,17 +4,17 @@ download): parity with the unfused model against a float64 copy (logits, loss, e
 gradient), the very same parameter tensors, unchanged state_dict keys, report contents,
 HuggingFace config flags and fallbacks, unfuse restoring the original modules."""
 import copy
-import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import nanogpt_kernels as nk
 from nanogpt_kernels import nn as nk_nn
 from nanogpt_kernels.fuse import HFGPT2Attention, HFGPT2MLP
 from nanogpt_kernels.testing import max_error, tolerance
+
+import nanogpt_reference as nanogpt
 
 BACKENDS = ["eager", "triton", "cuda"]
 PER_OP = [{"layernorm": "triton"}, {"layernorm": "cuda", "attention": "triton", "mlp": "cuda"}]
@@ -26,90 +26,17 @@ def _id(c):
 
 # ---- nanoGPT's model.py, as users have it --------------------------------------------------
 
-class LayerNorm(nn.Module):
-    def __init__(self, ndim, bias):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(ndim))
-        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
-
-    def forward(self, input):
-        return F.layer_norm(input, self.weight.shape, self.weight, self.bias, 1e-5)
-
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, n_embd, n_head, block_size, bias, flash=True):
-        super().__init__()
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
-        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
-        self.attn_dropout, self.resid_dropout = nn.Dropout(0.0), nn.Dropout(0.0)
-        self.n_head, self.n_embd, self.dropout, self.flash = n_head, n_embd, 0.0, flash
-        if not flash:
-            mask = torch.tril(torch.ones(block_size, block_size)).view(1, 1, block_size, block_size)
-            self.register_buffer("bias", mask)
-
-    def forward(self, x):
-        B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        if self.flash:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=True)
-        else:
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
-            att = F.softmax(att.masked_fill(self.bias[:, :, :T, :T] == 0, float("-inf")), dim=-1)
-            y = self.attn_dropout(att) @ v
-        return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
-
-
-class MLP(nn.Module):
-    def __init__(self, n_embd, bias, act=None):
-        super().__init__()
-        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
-        self.gelu = act or nn.GELU()
-        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
-        self.dropout = nn.Dropout(0.0)
-
-    def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
-
-
-class Block(nn.Module):
-    def __init__(self, n_embd, n_head, block_size, bias, flash, act=None):
-        super().__init__()
-        self.ln_1 = LayerNorm(n_embd, bias=bias)
-        self.attn = CausalSelfAttention(n_embd, n_head, block_size, bias, flash)
-        self.ln_2 = LayerNorm(n_embd, bias=bias)
-        self.mlp = MLP(n_embd, bias, act)
-
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
-
-
-class NanoGPT(nn.Module):
-    def __init__(self, n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=64, bias=True, flash=True,
-                 acts=None, seed=0):
-        super().__init__()
-        acts = acts or [None] * n_layer
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(vocab_size, n_embd), wpe=nn.Embedding(block_size, n_embd), drop=nn.Dropout(0.0),
-            h=nn.ModuleList([Block(n_embd, n_head, block_size, bias, flash, a) for a in acts]),
-            ln_f=LayerNorm(n_embd, bias=bias)))
-        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight
-        nk.init_gpt_(self, seed=seed)
-        with torch.no_grad():  # LayerNorm parameters and biases away from 1 and 0
-            g = torch.Generator().manual_seed(seed)
-            for p in self.parameters():
-                if p.dim() == 1:
-                    p.add_(0.1 * torch.randn(p.shape, generator=g))
-
-    def forward(self, idx, targets):
-        pos = torch.arange(0, idx.size(1), dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        for block in self.transformer.h:
-            x = block(x)
-        logits = self.lm_head(self.transformer.ln_f(x))
-        return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+def NanoGPT(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=64, bias=True, flash=True, acts=None, seed=0):
+    """nanoGPT's model, initialised by nanoGPT's recipe, LayerNorm parameters and biases moved
+    away from 1 and 0 (so that a swapped weight and bias would show)."""
+    model = nanogpt.GPT(nanogpt.Config(block_size, vocab_size, n_layer, n_head, n_embd, 0.0, bias), flash, acts)
+    nk.init_gpt_(model, seed=seed)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(seed)
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -179,7 +106,8 @@ def test_nanogpt_fuse_parity_report_unfuse(backend):
     assert not again.swapped and len(again.retargeted) == 9
     restored = nk.unfuse(model)
     assert sorted(restored) == sorted(want)
-    assert type(model.transformer.h[0].attn) is CausalSelfAttention and type(model.transformer.ln_f) is LayerNorm
+    assert type(model.transformer.h[0].attn) is nanogpt.CausalSelfAttention
+    assert type(model.transformer.ln_f) is nanogpt.LayerNorm
     assert type(model.transformer.h[1].mlp.gelu) is nn.GELU
     after = run_nanogpt(model, idx, targets)
     for name in eager:
@@ -205,7 +133,7 @@ def test_left_alone_with_reasons():
     left = {s.path: s.reason for s in report.left_alone}
     assert "activation ReLU is not nn.GELU" in left["transformer.h.0.mlp"]
     assert "head_dim 8" in left["transformer.h.0.attn"] and "head_dim 8" in left["transformer.h.1.attn"]
-    assert isinstance(model.transformer.h[1].mlp, nk_nn.MLP) and type(model.transformer.h[0].mlp) is MLP
+    assert isinstance(model.transformer.h[1].mlp, nk_nn.MLP) and type(model.transformer.h[0].mlp) is nanogpt.MLP
     assert "left alone:" in str(report) and "ReLU" in str(report)
     # With the eager backend any head_dim is fine.
     assert not [s for s in nk.fuse(NanoGPT(n_head=4, n_embd=32), "eager").left_alone]

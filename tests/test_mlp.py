@@ -11,6 +11,8 @@ import nanogpt_kernels as nk
 from nanogpt_kernels.ops import mlp as mlp_ops
 from nanogpt_kernels.testing import max_error, tolerance
 
+import nanogpt_reference as nanogpt
+
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 KERNEL_BACKENDS = ["triton", "cuda"]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -178,25 +180,11 @@ def test_torch_compile_fullgraph(backend):
         torch.testing.assert_close(a, b)
 
 
-class NanoGPTMLP(torch.nn.Module):
-    """nanoGPT's MLP (model.py), the parity reference."""
-
-    def __init__(self, n_embd, bias, dropout):
-        super().__init__()
-        self.c_fc = torch.nn.Linear(n_embd, 4 * n_embd, bias=bias)
-        self.gelu = torch.nn.GELU()
-        self.c_proj = torch.nn.Linear(4 * n_embd, n_embd, bias=bias)
-        self.dropout = torch.nn.Dropout(dropout)
-
-    def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
-
-
 @pytest.mark.parametrize("backend", ["eager"] + KERNEL_BACKENDS)
 @pytest.mark.parametrize("bias", [True, False])
 def test_module_matches_nanogpt(backend, bias):
     torch.manual_seed(0)
-    theirs = NanoGPTMLP(48, bias, dropout=0.1).eval()
+    theirs = nanogpt.MLP(nanogpt.Config(n_embd=48, bias=bias, dropout=0.1)).eval()
     ours = nk.nn.MLP(48, bias=bias, dropout=0.1, backend=backend).eval()
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(2, 9, 48)

@@ -8,94 +8,16 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 import nanogpt_kernels as nk
 from nanogpt_kernels import nn as nk_nn
 from nanogpt_kernels.testing import max_error, tolerance
 
+import nanogpt_reference as nanogpt
+
 KERNEL_BACKENDS = ["triton", "cuda"]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 TINY = dict(block_size=32, vocab_size=64, n_layer=2, n_head=2, n_embd=32)  # head_dim 16
-
-
-# nanoGPT's model.py, transcribed (pure PyTorch: the float64 reference and the checkpoint source).
-class RefLayerNorm(nn.Module):
-    def __init__(self, ndim, bias):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(ndim))
-        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
-
-    def forward(self, x):
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
-
-
-class RefAttention(nn.Module):
-    def __init__(self, c, flash=True):
-        super().__init__()
-        self.c_attn = nn.Linear(c.n_embd, 3 * c.n_embd, bias=c.bias)
-        self.c_proj = nn.Linear(c.n_embd, c.n_embd, bias=c.bias)
-        self.attn_dropout, self.resid_dropout = nn.Dropout(c.dropout), nn.Dropout(c.dropout)
-        self.n_head, self.n_embd, self.dropout, self.flash = c.n_head, c.n_embd, c.dropout, flash
-        if not flash:
-            self.register_buffer("bias", torch.tril(torch.ones(c.block_size, c.block_size))
-                                 .view(1, 1, c.block_size, c.block_size))
-
-    def forward(self, x):
-        B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        if self.flash:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0, is_causal=True)
-        else:
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
-            att = F.softmax(att.masked_fill(self.bias[:, :, :T, :T] == 0, float("-inf")), dim=-1)
-            y = self.attn_dropout(att) @ v
-        return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
-
-
-class RefMLP(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.c_fc = nn.Linear(c.n_embd, 4 * c.n_embd, bias=c.bias)
-        self.gelu = nn.GELU()
-        self.c_proj = nn.Linear(4 * c.n_embd, c.n_embd, bias=c.bias)
-        self.dropout = nn.Dropout(c.dropout)
-
-    def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
-
-
-class RefBlock(nn.Module):
-    def __init__(self, c, flash):
-        super().__init__()
-        self.ln_1, self.attn = RefLayerNorm(c.n_embd, c.bias), RefAttention(c, flash)
-        self.ln_2, self.mlp = RefLayerNorm(c.n_embd, c.bias), RefMLP(c)
-
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
-
-
-class RefGPT(nn.Module):
-    def __init__(self, c, flash=True):
-        super().__init__()
-        self.config = c
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(c.vocab_size, c.n_embd), wpe=nn.Embedding(c.block_size, c.n_embd),
-            drop=nn.Dropout(c.dropout), h=nn.ModuleList([RefBlock(c, flash) for _ in range(c.n_layer)]),
-            ln_f=RefLayerNorm(c.n_embd, c.bias)))
-        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight
-
-    def forward(self, idx, targets):
-        pos = torch.arange(0, idx.size(1), dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        for block in self.transformer.h:
-            x = block(x)
-        logits = self.lm_head(self.transformer.ln_f(x))
-        return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
 
 
 def batch(config, B=2, T=17, seed=0, device="cpu"):
@@ -115,7 +37,7 @@ def forward_backward(model, idx, targets, run=None):
 
 
 def reference_of(model, dtype=torch.float64):
-    ref = RefGPT(model.config).to(dtype)
+    ref = nanogpt.GPT(model.config).to(dtype)
     ref.load_state_dict(model.state_dict())
     return ref.to(next(model.parameters()).device)
 
@@ -132,16 +54,16 @@ def assert_matches_reference(ours, eager, ref, dtype=torch.float32, what=""):
 
 def test_module_tree_and_state_dict_are_nanogpts():
     config = nk.GPTConfig(**TINY)
-    model, ref = nk.GPT(config, seed=0), RefGPT(config)
+    model, ref = nk.GPT(config, seed=0), nanogpt.GPT(config)
     assert list(model.state_dict()) == list(ref.state_dict())
     assert [n for n, _ in model.named_parameters()] == [n for n, _ in ref.named_parameters()]
     assert model.lm_head.weight is model.transformer.wte.weight
     # A nanoGPT checkpoint loads unchanged (strict), and ours loads into nanoGPT.
     model.load_state_dict(ref.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values()))
-    RefGPT(config).load_state_dict(nk.GPT(config, seed=1).state_dict())
+    nanogpt.GPT(config).load_state_dict(nk.GPT(config, seed=1).state_dict())
     # nanoGPT's non-flash attention carries a causal-mask buffer `attn.bias`: accepted, dropped.
-    model.load_state_dict(RefGPT(config, flash=False).state_dict())
+    model.load_state_dict(nanogpt.GPT(config, flash=False).state_dict())
     assert model.get_num_params() == sum(p.numel() for p in ref.parameters()) - ref.transformer.wpe.weight.numel()
 
 
@@ -171,7 +93,7 @@ def test_init_recipe_and_seed():
 def test_eager_is_nanogpt_bit_for_bit(bias):
     config = nk.GPTConfig(**TINY, bias=bias)
     model = nk.GPT(config, seed=3)
-    ref = RefGPT(config)
+    ref = nanogpt.GPT(config)
     ref.load_state_dict(model.state_dict())
     idx, targets = batch(config)
     ours, want = forward_backward(model, idx, targets), forward_backward(ref, idx, targets)
