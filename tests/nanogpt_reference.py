@@ -105,3 +105,18 @@ class GPT(nn.Module):
             x = block(x)
         logits = self.lm_head(self.transformer.ln_f(x))
         return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+
+
+def assert_module_matches(ours, theirs, x, tol=1e-5):
+    """A drop-in module against nanoGPT's: the same output, input gradient and gradient of
+    every parameter (by position: the parameter names are the same) for input x."""
+    xs = [x.clone().requires_grad_() for _ in range(2)]
+    y_ref, y = theirs(xs[0]), ours(xs[1])
+    dy = torch.randn_like(y)
+    y_ref.backward(dy)
+    y.backward(dy)
+    torch.testing.assert_close(y, y_ref, rtol=tol, atol=tol)
+    torch.testing.assert_close(xs[1].grad, xs[0].grad, rtol=tol, atol=tol)
+    for (name, p), (ref_name, p_ref) in zip(ours.named_parameters(), theirs.named_parameters()):
+        assert name == ref_name
+        torch.testing.assert_close(p.grad, p_ref.grad, rtol=tol, atol=tol, msg=name)

@@ -280,15 +280,7 @@ def test_module_matches_nanogpt(backend, bias):
     state["bias"] = torch.ones(1, 1, 64, 64).tril()  # the non-flash variant's mask buffer
     ours.load_state_dict(state)
     x = torch.randn(2, 37, 96)
-    xs = [x.clone().requires_grad_() for _ in range(2)]
-    y_ref, y = theirs(xs[0]), ours(xs[1])
-    dy = torch.randn_like(y)
-    y_ref.backward(dy)
-    y.backward(dy)
-    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(xs[1].grad, xs[0].grad, rtol=1e-5, atol=1e-5)
-    for (name, p), (_, p_ref) in zip(ours.named_parameters(), theirs.named_parameters()):
-        torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-5, atol=1e-5, msg=name)
+    nanogpt.assert_module_matches(ours, theirs, x)
     ours.train()
     y1, y2 = ours(x), ours(x)
     assert not torch.equal(y1, y2), "dropout in training mode draws a fresh seed each call"

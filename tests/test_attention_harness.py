@@ -8,9 +8,8 @@ import subprocess
 
 import pytest
 
-from nanogpt_kernels._build_flags import NVCC_FLAGS, gencode_flags
-from nanogpt_kernels._compile_check import _demangle, _parse_ptxas, _report, find_nvcc, format_table
-from test_harness import ASAN_FLAGS, CXX, ROOT, run
+from nanogpt_kernels._compile_check import _demangle, _parse_ptxas, _report, format_table
+from test_harness import ASAN_FLAGS, CXX, ROOT, nvcc_object, run
 from test_harness_mma import ARCHS, sass_by_function
 
 SOURCE = "tests/harness/attention_test.cu"
@@ -40,13 +39,7 @@ def test_attention_kernels_under_asan(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def attention_object(tmp_path_factory):
-    """csrc/attention.cu compiled by nvcc for sm_80 and sm_90a, with ptxas's report."""
-    out = tmp_path_factory.mktemp("attention_nvcc") / "attention.o"
-    cmd = [find_nvcc(), "-c", *NVCC_FLAGS, *gencode_flags(["8.0", "9.0a"]), "-Xptxas", "-v",
-           f"-I{ROOT / 'csrc'}", str(ROOT / "csrc/attention.cu"), "-o", str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stderr}"
-    return out, result.stdout + result.stderr
+    return nvcc_object(tmp_path_factory, "attention.cu")
 
 
 def test_attention_resources(attention_object):

@@ -35,6 +35,19 @@ def harness_test_asan(tmp_path_factory):
     return build(tmp_path_factory, "tests/harness/harness_test.cu", asan=True)
 
 
+def nvcc_object(tmp_path_factory, source):
+    """(object file, ptxas -v report) of csrc/<source> compiled by nvcc as setup.py compiles
+    it, for sm_80 and sm_90a."""
+    from nanogpt_kernels._build_flags import NVCC_FLAGS, gencode_flags
+
+    out = tmp_path_factory.mktemp("nvcc") / (pathlib.Path(source).stem + ".o")
+    cmd = [find_nvcc(), "-c", *NVCC_FLAGS, *gencode_flags(["8.0", "9.0a"]), "-Xptxas", "-v",
+           f"-I{ROOT / 'csrc'}", str(ROOT / "csrc" / source), "-o", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stderr}"
+    return out, result.stdout + result.stderr
+
+
 def run(binary, *args):
     # detect_leaks: LeakSanitizer needs ptrace, which containers often forbid.
     env = {"ASAN_OPTIONS": "detect_leaks=0", "PATH": "/usr/bin:/bin"}

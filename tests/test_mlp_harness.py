@@ -9,9 +9,8 @@ import subprocess
 
 import pytest
 
-from nanogpt_kernels._build_flags import NVCC_FLAGS, gencode_flags
-from nanogpt_kernels._compile_check import SHARED_LIMITS, _demangle, _parse_ptxas, find_nvcc
-from test_harness import ROOT, build, run
+from nanogpt_kernels._compile_check import SHARED_LIMITS, _demangle, _parse_ptxas
+from test_harness import build, nvcc_object, run
 from test_harness_mma import find_cuobjdump
 
 SOURCE = "tests/harness/mlp_test.cu"
@@ -27,13 +26,7 @@ def test_mlp_kernels_on_harness(tmp_path_factory, asan):
 
 @pytest.fixture(scope="module")
 def mlp_object(tmp_path_factory):
-    """csrc/mlp.cu compiled by nvcc as setup.py compiles it, with ptxas's report."""
-    out = tmp_path_factory.mktemp("mlp_nvcc") / "mlp.o"
-    cmd = [find_nvcc(), "-c", *NVCC_FLAGS, *gencode_flags(["8.0", "9.0a"]), "-Xptxas", "-v",
-           f"-I{ROOT / 'csrc'}", str(ROOT / "csrc/mlp.cu"), "-o", str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stderr}"
-    return out, result.stderr + result.stdout
+    return nvcc_object(tmp_path_factory, "mlp.cu")
 
 
 def tile_resources(name):
