@@ -47,8 +47,9 @@ class Settings:
     log: Callable[[str], None] = print
 
     @classmethod
-    def detect(cls, **kwargs) -> "Settings":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    def detect(cls, *, smoke: bool = False, **kwargs) -> "Settings":
+        """A GPU when torch sees one, else (or when `smoke` asks for it) the CPU smoke run."""
+        device = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
         return cls(device=device, smoke=device.type != "cuda", **kwargs)
 
 

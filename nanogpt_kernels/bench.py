@@ -339,6 +339,8 @@ def parse_args(argv):
     p.add_argument("--ops", nargs="+", default=None, metavar="OP",
                    help=f"ops to run (default: all): {', '.join(OPS)} (also: {', '.join(ALIASES)})")
     p.add_argument("--quick", action="store_true", help="fewer shapes and shorter timing (the GPU validation run)")
+    p.add_argument("--smoke", action="store_true", help="the CPU smoke run even where there is a GPU (tiny shapes, "
+                                                        "CPU providers: it checks the suite, not speed)")
     p.add_argument("--out", default=None, help="report folder (default: bench-results/<UTC date and time>)")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--reps", type=int, default=None, help="ms of timing per measurement on a GPU "
@@ -360,7 +362,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     out = Path(args.out or Path("bench-results") / datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S"))
     out.mkdir(parents=True, exist_ok=True)
-    settings = common.Settings.detect(quick=args.quick, dtype=getattr(torch, args.dtype),
+    settings = common.Settings.detect(smoke=args.smoke, quick=args.quick, dtype=getattr(torch, args.dtype),
                                       reps_ms=args.reps or (30 if args.quick else 100))
     print(common.device_banner(settings.device), flush=True)
     settings.peaks = roofline.measure_peaks(settings.device, quick=args.quick)

@@ -68,8 +68,7 @@ def _worker(rank, world, backend, init_file, out_file):
 @pytest.mark.parametrize("backend", ["eager", "triton", "cuda", {"layernorm": "triton"}],
                          ids=lambda b: b if isinstance(b, str) else "layernorm=triton")
 def test_ddp_matches_single_process(backend, tmp_path):
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
+    assert dist.is_available() and dist.is_gloo_available(), "this torch build lacks torch.distributed with gloo"
     want_losses, want_state = train_single(backend)
     out = tmp_path / "rank0.pt"
     mp.spawn(_worker, args=(2, backend, str(tmp_path / "rendezvous"), str(out)), nprocs=2, join=True)
