@@ -34,7 +34,7 @@ def test_demo_on_a_text_file(backend, tmp_path, capsys):
 
 
 def test_demo_on_nanogpt_bin_files(tmp_path, capsys):
-    np = pytest.importorskip("numpy")
+    import numpy as np  # installed by ./dev.sh
     chars = sorted(set("hello world\n"))
     ids = np.array([chars.index(c) for c in "hello world\n" * 50], dtype=np.uint16)
     ids[:500].tofile(tmp_path / "train.bin")
