@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <string>
 #include <vector>
@@ -87,6 +88,14 @@ Exec exec_for(const at::Tensor& x) {
 #define NK_DISPATCH(exec, fn, ...) nk_cpu::fn(__VA_ARGS__)
 #endif
 
+// Launches on a CUDA tensor's device (and stream); nothing to do for CPU tensors.
+#ifdef NK_WITH_CUDA
+#define NK_DEVICE_GUARD(t) \
+  const c10::cuda::OptionalCUDAGuard nk_device_guard((t).is_cuda() ? std::optional<c10::Device>((t).device()) : std::nullopt)
+#else
+#define NK_DEVICE_GUARD(t) static_cast<void>(t)
+#endif
+
 void check_launch(const char* err, const char* what) {
   TORCH_CHECK(err == nullptr, what, " kernel launch failed: ", err);
 }
@@ -102,9 +111,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_fwd(
   check_vector(weight, "weight", x);
   if (bias) check_vector(*bias, "bias", x);
   TORCH_CHECK(eps >= 0, "eps must be non-negative, got ", eps);
-#ifdef NK_WITH_CUDA
-  const c10::cuda::OptionalCUDAGuard guard(x.is_cuda() ? std::optional<c10::Device>(x.device()) : std::nullopt);
-#endif
+  NK_DEVICE_GUARD(x);
   const auto rows = x.size(0), cols = x.size(1);
   auto y = at::empty({rows, cols}, x.options());
   auto s = residual ? at::empty({rows, cols}, x.options()) : at::empty({0}, x.options());
@@ -142,9 +149,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd(
                 stat == &mean ? "mean" : "rstd", " must be float32 [", xs.size(0), "] on ", xs.device(),
                 ", got ", stat->scalar_type(), " ", stat->sizes(), " on ", stat->device());
   }
-#ifdef NK_WITH_CUDA
-  const c10::cuda::OptionalCUDAGuard guard(xs.is_cuda() ? std::optional<c10::Device>(xs.device()) : std::nullopt);
-#endif
+  NK_DEVICE_GUARD(xs);
   const auto rows = xs.size(0), cols = xs.size(1);
   auto dx = at::empty({rows, cols}, xs.options());
   if (rows == 0 || cols == 0) {
@@ -288,7 +293,13 @@ void check_lse(const at::Tensor& lse, const at::Tensor& q) {
 nk::AttnIn attn_in(const at::Tensor& t) { return {t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)}; }
 nk::AttnOut attn_out(const at::Tensor& t) { return {t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)}; }
 
-void check_attention_args(const at::Tensor& q, double dropout_scale, int64_t dropout_threshold) {
+// q, then every other [B, H, T, D] tensor of the op (its shape, dtype and device), lse, and
+// the scalars.
+void check_attention_args(const at::Tensor& q, std::initializer_list<std::pair<const at::Tensor*, const char*>> others,
+                          const at::Tensor& lse, double dropout_scale, int64_t dropout_threshold) {
+  check_bhtd(q, "q", q);
+  for (const auto& [t, name] : others) check_bhtd(*t, name, q);
+  check_lse(lse, q);
   dtype_of(q, "q");
   TORCH_CHECK(nk::attention_head_dim_supported((int)q.size(3)), "q: head_dim must be 16, 32, 64, 80, 96 or 128, got ",
               q.size(3));
@@ -301,16 +312,9 @@ void check_attention_args(const at::Tensor& q, double dropout_scale, int64_t dro
 void cuda_attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& o,
                         const at::Tensor& lse, double scale, int64_t dropout_threshold, double dropout_scale,
                         int64_t seed) {
-  check_bhtd(q, "q", q);
-  check_bhtd(k, "k", q);
-  check_bhtd(v, "v", q);
-  check_bhtd(o, "o", q);
-  check_lse(lse, q);
-  check_attention_args(q, dropout_scale, dropout_threshold);
+  check_attention_args(q, {{&k, "k"}, {&v, "v"}, {&o, "o"}}, lse, dropout_scale, dropout_threshold);
   if (q.numel() == 0) return;
-#ifdef NK_WITH_CUDA
-  const c10::cuda::OptionalCUDAGuard guard(q.is_cuda() ? std::optional<c10::Device>(q.device()) : std::nullopt);
-#endif
+  NK_DEVICE_GUARD(q);
   nk::AttentionFwdParams p{attn_in(q), attn_in(k), attn_in(v), attn_out(o), lse.data_ptr<float>(),
                            q.size(0), q.size(1), q.size(2), (int)q.size(3), (float)scale,
                            (uint32_t)dropout_threshold, (float)dropout_scale, (uint64_t)seed, dtype_of(q, "q")};
@@ -322,17 +326,10 @@ void cuda_attention_bwd(const at::Tensor& dout, const at::Tensor& q, const at::T
                         const at::Tensor& o, const at::Tensor& lse, const at::Tensor& dq, const at::Tensor& dk,
                         const at::Tensor& dv, double scale, int64_t dropout_threshold, double dropout_scale,
                         int64_t seed) {
-  check_bhtd(q, "q", q);
-  for (const auto& [t, name] : {std::pair{&dout, "dout"}, {&k, "k"}, {&v, "v"}, {&o, "o"}, {&dq, "dq"},
-                                {&dk, "dk"}, {&dv, "dv"}}) {
-    check_bhtd(*t, name, q);
-  }
-  check_lse(lse, q);
-  check_attention_args(q, dropout_scale, dropout_threshold);
+  check_attention_args(q, {{&dout, "dout"}, {&k, "k"}, {&v, "v"}, {&o, "o"}, {&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}},
+                       lse, dropout_scale, dropout_threshold);
   if (q.numel() == 0) return;
-#ifdef NK_WITH_CUDA
-  const c10::cuda::OptionalCUDAGuard guard(q.is_cuda() ? std::optional<c10::Device>(q.device()) : std::nullopt);
-#endif
+  NK_DEVICE_GUARD(q);
   auto delta = at::empty_like(lse);
   nk::AttentionBwdParams p{attn_in(q), attn_in(k), attn_in(v), attn_in(o), attn_in(dout),
                            lse.data_ptr<float>(), delta.data_ptr<float>(),
@@ -386,9 +383,7 @@ void cuda_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& d, co
     TORCH_CHECK(n <= 1 || aux->stride(1) == 1, "aux must have unit column stride, got strides ", aux->strides());
   }
   if (m == 0 || n == 0) return;
-#ifdef NK_WITH_CUDA
-  const c10::cuda::OptionalCUDAGuard guard(a.is_cuda() ? std::optional<c10::Device>(a.device()) : std::nullopt);
-#endif
+  NK_DEVICE_GUARD(a);
   nk::GemmParams p{a.data_ptr(), a.stride(0), a.stride(1), b.data_ptr(), b.stride(0), b.stride(1),
                    d.data_ptr(), d.stride(0), d2 ? d2->data_ptr() : nullptr, d2 ? d2->stride(0) : 0,
                    bias ? bias->data_ptr() : nullptr, aux ? aux->data_ptr() : nullptr, aux ? aux->stride(0) : 0,
@@ -409,9 +404,7 @@ void cuda_column_sum(const at::Tensor& x, const at::Tensor& out) {
     out.zero_();
     return;
   }
-#ifdef NK_WITH_CUDA
-  const c10::cuda::OptionalCUDAGuard guard(x.is_cuda() ? std::optional<c10::Device>(x.device()) : std::nullopt);
-#endif
+  NK_DEVICE_GUARD(x);
   const Exec e = exec_for(x);
   const int64_t ws = NK_DISPATCH(e, column_sum_workspace_floats, x.size(0), x.size(1));
   auto workspace = at::empty({std::max<int64_t>(ws, 1)}, x.options().dtype(at::kFloat));

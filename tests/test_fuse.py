@@ -27,9 +27,14 @@ def _id(c):
 # ---- nanoGPT's model.py, as users have it --------------------------------------------------
 
 def NanoGPT(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=64, bias=True, flash=True, acts=None, seed=0):
-    """nanoGPT's model, initialised by nanoGPT's recipe, LayerNorm parameters and biases moved
-    away from 1 and 0 (so that a swapped weight and bias would show)."""
-    model = nanogpt.GPT(nanogpt.Config(block_size, vocab_size, n_layer, n_head, n_embd, 0.0, bias), flash, acts)
+    """nanoGPT's model, initialised as `initialised` says."""
+    return initialised(nanogpt.GPT(nanogpt.Config(block_size, vocab_size, n_layer, n_head, n_embd, 0.0, bias), flash,
+                                   acts), seed)
+
+
+def initialised(model, seed):
+    """`model` initialised by nanoGPT's recipe, its LayerNorm parameters and biases moved away
+    from 1 and 0 (so that a swapped weight and bias would show)."""
     nk.init_gpt_(model, seed=seed)
     with torch.no_grad():
         g = torch.Generator().manual_seed(seed)
@@ -156,14 +161,7 @@ def hf_model(seed=0, **overrides):
     kw = dict(n_layer=2, n_head=2, n_embd=32, vocab_size=64, n_positions=32, bos_token_id=0, eos_token_id=0,
               resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     kw.update(overrides)
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**kw))
-    nk.init_gpt_(model, seed=seed)
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(seed)
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return model
+    return initialised(transformers.GPT2LMHeadModel(transformers.GPT2Config(**kw)), seed)
 
 
 @pytest.mark.parametrize("backend", BACKENDS + PER_OP, ids=_id)

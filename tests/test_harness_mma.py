@@ -2,7 +2,6 @@
 harness (plain and under AddressSanitizer), its misuse checks, and the same file compiled by
 nvcc for sm_80 and sm_90a, whose GEMM kernels must come out as tensor-core SASS (HMMA, LDSM,
 LDGSTS): proof that the wrappers the CPU tests exercise are the instructions the GPU runs."""
-import collections
 import os
 import pathlib
 import re
@@ -80,16 +79,19 @@ def sass_by_function(obj):
     cmd = [find_cuobjdump(), "--dump-sass", str(obj)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stderr}"
-    sass = collections.defaultdict(str)
+    # Lines are collected in lists and joined once: an object can hold dozens of kernels of
+    # thousands of instructions each.
+    lines = {}
     arch = function = None
     for line in result.stdout.splitlines():
         if m := re.match(r"\s*arch = (sm_\w+)", line):
             arch, function = m.group(1), None
         elif m := re.search(r"Function : (\S+)", line):
             function = m.group(1)
+            lines[arch, function] = []
         elif arch and function:
-            sass[arch, function] += line + "\n"
-    return sass
+            lines[arch, function].append(line)
+    return {key: "\n".join(text) for key, text in lines.items()}
 
 
 def test_mma_test_is_valid_cuda(mma_test_object):

@@ -5,13 +5,12 @@ sm_90a: no spills, shared memory within the per-block limits, and SASS that prov
 fp16/bf16 kernels are the tensor-core code the harness ran (HMMA.16816, LDSM, LDGSTS) while the
 fp32 kernel stays off the tensor cores (no TF32)."""
 import re
-import subprocess
 
 import pytest
 
 from nanogpt_kernels._compile_check import SHARED_LIMITS, _demangle, _parse_ptxas
 from test_harness import build, nvcc_object, run
-from test_harness_mma import find_cuobjdump
+from test_harness_mma import sass_by_function
 
 SOURCE = "tests/harness/mlp_test.cu"
 ARCHS = ("sm_80", "sm_90a")
@@ -63,26 +62,10 @@ def test_mlp_kernels_fit(mlp_object):
 
 @pytest.fixture(scope="module")
 def mlp_sass(mlp_object):
-    """{(arch, demangled kernel name): SASS text}, from one cuobjdump run over both archs (the
-    object holds 31 kernels of up to thousands of instructions per arch: lines are collected in
-    lists and joined once)."""
-    obj, _ = mlp_object
-    cmd = [find_cuobjdump(), "--dump-sass", str(obj)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stderr}"
-    lines = {}
-    arch = function = None
-    for line in result.stdout.splitlines():
-        if m := re.match(r"\s*arch = (sm_\w+)", line):
-            arch, function = m.group(1), None
-        elif m := re.search(r"Function : (\S+)", line):
-            function = m.group(1)
-            lines[arch, function] = []
-        elif arch and function:
-            lines[arch, function].append(line)
-    keys = list(lines)
-    names = _demangle([function for _, function in keys])
-    return {(arch, name): "\n".join(lines[arch, function]) for (arch, function), name in zip(keys, names)}
+    """{(arch, demangled kernel name): SASS text}, from one cuobjdump run over both archs."""
+    sass = sass_by_function(mlp_object[0])
+    names = _demangle([function for _, function in sass])
+    return {(arch, name): text for ((arch, _), text), name in zip(sass.items(), names)}
 
 
 @pytest.mark.parametrize("arch", ARCHS)
