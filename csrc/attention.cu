@@ -55,6 +55,18 @@ constexpr int kPad = 8;
 
 __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
 
+// P = exp2(t - m): t = s * scale * log2(e), the score in the log2 domain, and m the running
+// row max (forward) or the row's lse in that domain (backward). Every kernel rounds the product,
+// then the difference, explicitly: left to itself nvcc contracted them into one FMA in the
+// backward but not in the forward (where the max lies between them), and the harness
+// (-ffp-contract=off) never does, so on the GPU the backward's P differed from the forward's in
+// the last bits while the harness tests agreed. Not one FMA in both places, although that would
+// save the backward an FMUL per score (~1% of its instructions): the max's own exponent would be
+// its product's rounding error instead of exactly 0, and a row that sees one key would no longer
+// return that key's v exactly (attention_test checks).
+__device__ __forceinline__ float log2_score(float s, float scale_log2) { return __fmul_rn(s, scale_log2); }
+__device__ __forceinline__ float exp_arg(float t, float m) { return __fsub_rn(t, m); }
+
 // Tile shapes of the tensor-core kernels per head dim. Each warp owns 16 rows (query rows in
 // the forward and dQ kernels, key rows in dK/dV), so every block is 64 rows.
 //   forward, dQ: BM = 64 query rows, BN keys per step: 64 up to D = 64, 32 above. Per thread
@@ -340,11 +352,13 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(nk::AttentionFwdPara
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          s[nt][i] *= scale_log2;
+          s[nt][i] = log2_score(s[nt][i], scale_log2);
           const int col = n0 + nt * 8 + mma_acc_col(lane, i);
           if (need_mask && (col > rows[i / 2] || col >= seqlen)) s[nt][i] = -INFINITY;
         }
-      // Online softmax: the 4 lanes of a quad share rows.
+      // Online softmax: the 4 lanes of a quad share rows. The rescaled running sum and the
+      // block's first term make one FMA, spelled out: nvcc contracted it and the harness did
+      // not, and the lse that the backward reads comes from this sum.
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         float mx = row_max[r];
@@ -354,7 +368,6 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(nk::AttentionFwdPara
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
         const float corr = exp2f(row_max[r] - mx);  // 0 on the first block (-inf - finite)
         row_max[r] = mx;
-        row_sum[r] *= corr;
 #pragma unroll
         for (int nd = 0; nd < DT; ++nd) {
           o[nd][2 * r] *= corr;
@@ -364,8 +377,8 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(nk::AttentionFwdPara
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
           for (int c = 0; c < 2; ++c) {
-            const float e = exp2f(s[nt][2 * r + c] - mx);
-            row_sum[r] += e;
+            const float e = exp2f(exp_arg(s[nt][2 * r + c], mx));
+            row_sum[r] = nt + c == 0 ? __fmaf_rn(row_sum[r], corr, e) : row_sum[r] + e;
             s[nt][2 * r + c] = e;
           }
       }
@@ -393,7 +406,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(nk::AttentionFwdPara
     row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 2);
     mul[r] = (dropout ? p.dropout_scale : 1.0f) / row_sum[r];
     if (lane % 4 == 0 && rows[r] < seqlen)
-      p.lse[hd.bh * p.seqlen + rows[r]] = row_max[r] * kLn2 + logf(row_sum[r]);
+      p.lse[hd.bh * p.seqlen + rows[r]] = __fmaf_rn(row_max[r], kLn2, logf(row_sum[r]));
   }
   store_rows<T, DT>(out, p.o.stride_t, wrow0, seqlen, o, mul);
 }
@@ -411,7 +424,8 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_delta_kernel(nk::AttentionB
   const T* o = static_cast<const T*>(p.o.ptr) + b * p.o.stride_b + h * p.o.stride_h + i * p.o.stride_t;
   const T* dout = static_cast<const T*>(p.dout.ptr) + b * p.dout.stride_b + h * p.dout.stride_h + i * p.dout.stride_t;
   float acc = 0.0f;
-  for (int d = threadIdx.x % 32; d < p.head_dim; d += 32) acc += to_float(o[d]) * to_float(dout[d]);
+  // fmaf: what nvcc would contract to anyway, spelled out so the harness computes the same.
+  for (int d = threadIdx.x % 32; d < p.head_dim; d += 32) acc = fmaf(to_float(o[d]), to_float(dout[d]), acc);
   acc = warp_sum(acc);
   if (threadIdx.x % 32 == 0) p.delta[row] = acc;
 }
@@ -452,7 +466,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_kernel(nk::AttentionBwdP
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const bool valid = rows[r] < seqlen;
-    lse2[r] = valid ? p.lse[hd.bh * p.seqlen + rows[r]] * kLog2e : 0.0f;
+    lse2[r] = valid ? __fmul_rn(p.lse[hd.bh * p.seqlen + rows[r]], kLog2e) : 0.0f;
     dlt[r] = valid ? p.delta[hd.bh * p.seqlen + rows[r]] : 0.0f;
   }
 
@@ -496,7 +510,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_kernel(nk::AttentionBwdP
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const int col = n0 + nt * 8 + mma_acc_col(lane, i), row = rows[i / 2];
-          float pr = exp2f(s[nt][i] * scale_log2 - lse2[i / 2]);
+          float pr = exp2f(exp_arg(log2_score(s[nt][i], scale_log2), lse2[i / 2]));
           if (need_mask && (col > row || col >= seqlen)) pr = 0.0f;
           float dpv = dp[nt][i];
           if (dropout) dpv = (kb >> i) & 1u ? dpv * p.dropout_scale : 0.0f;
@@ -524,7 +538,7 @@ __device__ __forceinline__ void load_q_stage(const nk::AttentionBwdParams& p, co
   // beyond T get lse = +inf, so their probabilities are exp2(-inf) = 0.
   for (int i = threadIdx.x; i < BM2; i += kThreads) {
     const bool valid = q0 + i < seqlen;
-    sL[i] = valid ? p.lse[hd.bh * p.seqlen + q0 + i] * kLog2e : INFINITY;
+    sL[i] = valid ? __fmul_rn(p.lse[hd.bh * p.seqlen + q0 + i], kLog2e) : INFINITY;
     sDl[i] = valid ? p.delta[hd.bh * p.seqlen + q0 + i] : 0.0f;
   }
 }
@@ -596,7 +610,7 @@ __global__ void __launch_bounds__(kThreads, 1) attn_bwd_dkdv_kernel(nk::Attentio
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const int qi = nt * 8 + mma_acc_col(lane, i);  // query row within the step
-          float pr = exp2f(st[nt][i] * scale_log2 - sLs[qi]);
+          float pr = exp2f(exp_arg(log2_score(st[nt][i], scale_log2), sLs[qi]));
           if (need_mask && q0 + qi < keys[i / 2]) pr = 0.0f;
           const bool kept = (kb >> i) & 1u;
           const float dpv = kept ? (dropout ? dpt[nt][i] * p.dropout_scale : dpt[nt][i]) : 0.0f;
@@ -685,7 +699,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_f32_kernel(nk::AttentionFwd
 #pragma unroll
     for (int jj = 0; jj < BT / 4; ++jj) {
       const int col = n0 + c + 4 * jj;
-      s[jj] = dot_f32<D>(sQ + r * LD, sK + (c + 4 * jj) * LD) * scale_log2;
+      s[jj] = log2_score(dot_f32<D>(sQ + r * LD, sK + (c + 4 * jj) * LD), scale_log2);
       if (col > row || col >= seqlen) s[jj] = -INFINITY;
       mx = fmaxf(mx, s[jj]);
     }
@@ -693,13 +707,12 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_f32_kernel(nk::AttentionFwd
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
     const float corr = exp2f(row_max - mx);  // block 0 holds column 0: mx is finite
     row_max = mx;
-    row_sum *= corr;
 #pragma unroll
     for (int e = 0; e < DQ; ++e) o[e] *= corr;
 #pragma unroll
     for (int jj = 0; jj < BT / 4; ++jj) {
-      float e = exp2f(s[jj] - mx);
-      row_sum += e;
+      float e = exp2f(exp_arg(s[jj], mx));
+      row_sum = jj == 0 ? __fmaf_rn(row_sum, corr, e) : row_sum + e;  // as in the tensor-core forward
       if (dropout && !keep(n0 + c + 4 * jj, row, hd.bh, p.seed, p.dropout_threshold)) e = 0.0f;
       sP[r * LP + c + 4 * jj] = e;
     }
@@ -719,7 +732,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_f32_kernel(nk::AttentionFwd
     float* out = hd.at<float>(p.o) + (int64_t)row * p.o.stride_t;
 #pragma unroll
     for (int e = 0; e < DQ; ++e) out[c + 4 * e] = o[e] * mul;
-    if (c == 0) p.lse[hd.bh * p.seqlen + row] = row_max * kLn2 + logf(row_sum);
+    if (c == 0) p.lse[hd.bh * p.seqlen + row] = __fmaf_rn(row_max, kLn2, logf(row_sum));
   }
 }
 
@@ -741,7 +754,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_f32_kernel(nk::Attention
   const bool dropout = p.dropout_threshold != 0;
   load_tile_f32<D>(sQ, hd.at<float>(p.q), p.q.stride_t, m0, seqlen);
   load_tile_f32<D>(sdO, hd.at<float>(p.dout), p.dout.stride_t, m0, seqlen);
-  const float lse2 = row < seqlen ? p.lse[hd.bh * p.seqlen + row] * kLog2e : 0.0f;
+  const float lse2 = row < seqlen ? __fmul_rn(p.lse[hd.bh * p.seqlen + row], kLog2e) : 0.0f;
   const float dlt = row < seqlen ? p.delta[hd.bh * p.seqlen + row] : 0.0f;
   float dq[DQ];
 #pragma unroll
@@ -756,7 +769,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_f32_kernel(nk::Attention
 #pragma unroll
     for (int jj = 0; jj < BT / 4; ++jj) {
       const int j = c + 4 * jj, col = n0 + j;
-      float pr = exp2f(dot_f32<D>(sQ + r * LD, sK + j * LD) * scale_log2 - lse2);
+      float pr = exp2f(exp_arg(log2_score(dot_f32<D>(sQ + r * LD, sK + j * LD), scale_log2), lse2));
       if (col > row || col >= seqlen) pr = 0.0f;
       float dpv = dot_f32<D>(sdO + r * LD, sV + j * LD);
       if (dropout) dpv = keep(col, row, hd.bh, p.seed, p.dropout_threshold) ? dpv * p.dropout_scale : 0.0f;
@@ -810,14 +823,14 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_f32_kernel(nk::Attenti
     load_tile_f32<D>(sdO, hd.at<float>(p.dout), p.dout.stride_t, q0, seqlen);
     for (int i = threadIdx.x; i < BT; i += kThreads) {
       const bool valid = q0 + i < seqlen;
-      sL[i] = valid ? p.lse[hd.bh * p.seqlen + q0 + i] * kLog2e : INFINITY;
+      sL[i] = valid ? __fmul_rn(p.lse[hd.bh * p.seqlen + q0 + i], kLog2e) : INFINITY;
       sDl[i] = valid ? p.delta[hd.bh * p.seqlen + q0 + i] : 0.0f;
     }
     __syncthreads();
 #pragma unroll
     for (int ii = 0; ii < BT / 4; ++ii) {
       const int i = c + 4 * ii, qrow = q0 + i;
-      float pr = exp2f(dot_f32<D>(sK + r * LD, sQ + i * LD) * scale_log2 - sL[i]);
+      float pr = exp2f(exp_arg(log2_score(dot_f32<D>(sK + r * LD, sQ + i * LD), scale_log2), sL[i]));
       if (qrow < key) pr = 0.0f;  // rows beyond T: exp2(-inf) is 0 already
       float dpv = dot_f32<D>(sV + r * LD, sdO + i * LD), pd = pr;
       if (dropout && !keep(key, qrow, hd.bh, p.seed, p.dropout_threshold)) {
@@ -866,13 +879,12 @@ const char* status(cudaError_t err) { return err == cudaSuccess ? nullptr : cuda
 // memory, opting in above the default 48 KB.
 template <typename P>
 const char* launch_attn(void (*kernel)(P), int64_t bh, int64_t blocks, size_t smem, cudaStream_t stream, const P& p) {
-#ifdef __CUDACC__
-  // Per launch: the attribute is per device, and a process may use several.
+  // Per launch: the attribute is per device, and a process may use several. The harness
+  // refuses a launch above 48 KB without it, as the GPU does.
   if (smem > 48 * 1024) {
     if (const char* err = status(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)))
       return err;
   }
-#endif
   return status(launch_kernel(kernel, dim3((unsigned)bh, (unsigned)blocks), dim3(attn::kThreads), smem, stream, p));
 }
 
@@ -898,9 +910,10 @@ const char* check_common(const P& p, std::initializer_list<const void*> ptrs,
                          std::initializer_list<int64_t> strides) {
   if (!nk::attention_head_dim_supported(p.head_dim)) return "attention: head_dim must be 16, 32, 64, 80, 96 or 128";
   if (p.batch < 0 || p.heads < 0 || p.seqlen < 0) return "attention: negative batch, heads or seqlen";
-  if (p.batch * p.heads > 0x7fffffff) return "attention: batch * heads must be below 2^31";
-  // grid.y counts 32- or 64-row blocks (at most 65535 of them), and rows are ints.
-  if (p.seqlen > 65535LL * 32) return "attention: seqlen must be at most 2097120";
+  // grid.x counts heads (the product is not formed: it could overflow), grid.y 32- or 64-row
+  // blocks (and rows are ints).
+  if (p.heads > 0 && p.batch > kMaxGridX / p.heads) return "attention: batch * heads must be below 2^31";
+  if (p.seqlen > kMaxGridYZ * attn::kF32Tile) return "attention: seqlen must be at most 2097120";
   if (p.dtype != nk::DType::f32) {
     for (const void* ptr : ptrs)
       if (!aligned16(ptr)) return "attention: fp16/bf16 tensors must start at 16-byte aligned addresses";
@@ -929,9 +942,10 @@ const char* forward_typed(const nk::AttentionFwdParams& p, cudaStream_t stream) 
 
 template <typename T>
 const char* backward_typed(const nk::AttentionBwdParams& p, cudaStream_t stream) {
-  const int64_t bh = p.batch * p.heads, rows = bh * p.seqlen;
-  if (const char* err = status(launch_kernel(attn::attn_bwd_delta_kernel<T>,
-                                             dim3((unsigned)((rows + attn::kWarps - 1) / attn::kWarps)),
+  const int64_t bh = p.batch * p.heads, delta_blocks = (bh * p.seqlen + attn::kWarps - 1) / attn::kWarps;
+  // Four rows per block on grid.x: B * H * T may pass 4 (2^31 - 1) within check_common's limits.
+  if (delta_blocks > kMaxGridX) return "attention: batch * heads * seqlen must be at most 8589934588";
+  if (const char* err = status(launch_kernel(attn::attn_bwd_delta_kernel<T>, dim3((unsigned)delta_blocks),
                                              dim3(attn::kThreads), 0, stream, p)))
     return err;
   return with_head_dim(p.head_dim, [&](auto dc) -> const char* {

@@ -39,7 +39,10 @@ __device__ __forceinline__ unsigned bits_of(__half v) { return __half_as_ushort(
 __device__ __forceinline__ unsigned bits_of(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
 
 // Converts and stores VEC values with one 16-, 8- or 4-byte store. The words are assembled
-// by hand: given a struct of __half to copy, nvcc emits one 16-bit store per element.
+// by hand: given a struct of __half to copy, nvcc emits one 16-bit store per element. They go
+// out through store_bits, not as an assignment of unsigned words over T: the forward reads s
+// back as T in its next pass, and strict aliasing would let the compiler hoist those loads
+// above such a store.
 template <typename T, int VEC>
 __device__ __forceinline__ void store_vec(T* p, const float (&in)[VEC]) {
   constexpr int kWords = (int)(sizeof(T) * VEC / 4);
@@ -53,14 +56,12 @@ __device__ __forceinline__ void store_vec(T* p, const float (&in)[VEC]) {
       w[j] = bits_of(from_float<T>(in[j * kPerWord]));
       if constexpr (kPerWord == 2) w[j] |= bits_of(from_float<T>(in[j * kPerWord + 1])) << 16;
     }
-    // __stcg: a plain (L2-cached) store, spelled as an intrinsic because for the plain
-    // assignment of a uint4 nvcc sometimes emits four 32-bit stores.
     if constexpr (kWords == 4) {
-      __stcg(reinterpret_cast<uint4*>(p), make_uint4(w[0], w[1], w[2], w[3]));
+      store_bits(p, make_uint4(w[0], w[1], w[2], w[3]));
     } else if constexpr (kWords == 2) {
-      __stcg(reinterpret_cast<uint2*>(p), make_uint2(w[0], w[1]));
+      store_bits(p, make_uint2(w[0], w[1]));
     } else {
-      *reinterpret_cast<unsigned*>(p) = w[0];
+      store_bits(p, w[0]);
     }
   }
 }
@@ -355,9 +356,16 @@ const char* backward_typed(const nk::LayerNormBwdParams& p, cudaStream_t stream)
                               static_cast<T*>(p.dweight), static_cast<T*>(p.dbias)));
 }
 
+// Rows need no limit (grid_for caps the grid, the kernels loop over the rest); cols bound the
+// block shape and the reduction's grid.x ((cols + 255) / 256 blocks), and are narrowed to int.
+const char* check_cols(int64_t cols) {
+  return cols > nk::kLayerNormMaxCols ? "layernorm: cols must be at most 65536" : nullptr;
+}
+
 }  // namespace
 
 const char* layernorm_forward(const nk::LayerNormFwdParams& p, void* stream) {
+  if (const char* err = check_cols(p.cols)) return err;
   auto s = static_cast<cudaStream_t>(stream);
   switch (p.dtype) {
     case nk::DType::f32: return forward_typed<float>(p, s);
@@ -368,6 +376,7 @@ const char* layernorm_forward(const nk::LayerNormFwdParams& p, void* stream) {
 }
 
 const char* layernorm_backward(const nk::LayerNormBwdParams& p, void* stream) {
+  if (const char* err = check_cols(p.cols)) return err;
   auto s = static_cast<cudaStream_t>(stream);
   switch (p.dtype) {
     case nk::DType::f32: return backward_typed<float>(p, s);

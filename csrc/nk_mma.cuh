@@ -69,7 +69,7 @@ inline uint16_t half_of(uint32_t reg, int which) { return (uint16_t)(which ? reg
 // GPU's in the last bits unless every partial sum is exact (small integers, multiples of
 // 1/8 ...).
 template <typename T>
-inline void mma_m16n8k16(float* d, const uint32_t* a, const uint32_t* b, const float* c) {
+NK_HARNESS_UNCHECKED inline void mma_m16n8k16(float* d, const uint32_t* a, const uint32_t* b, const float* c) {
   struct AFrag { uint32_t r[4]; };
   struct BFrag { uint32_t r[2]; };
   AFrag all_a[kWarpSize];
@@ -108,7 +108,7 @@ inline void mma_m16n8k16(float* d, const uint32_t* a, const uint32_t* b, const f
 // elements (t/4, 2(t%4)) and (t/4, 2(t%4)+1) of matrix j, low half first; .trans reads the
 // matrix column-major: elements (2(t%4), t/4) and (2(t%4)+1, t/4).
 template <int N, bool Trans>
-inline void ldmatrix(uint32_t* r, const void* row_addr) {
+NK_HARNESS_UNCHECKED inline void ldmatrix(uint32_t* r, const void* row_addr) {
   struct Row { uint16_t e[8]; };
   require_full_warp("ldmatrix");
   const int lane = my_lane();
@@ -116,6 +116,7 @@ inline void ldmatrix(uint32_t* r, const void* row_addr) {
   if (lane < 8 * N) {
     if (reinterpret_cast<uintptr_t>(row_addr) % 16)
       fatal("ldmatrix: lane " + std::to_string(lane) + " gives a row address that is not 16-byte aligned");
+    check_shared_read(row_addr, sizeof(Row), "ldmatrix");
     std::memcpy(&mine, row_addr, sizeof(Row));
   }
   Row rows[kWarpSize];
@@ -127,18 +128,6 @@ inline void ldmatrix(uint32_t* r, const void* row_addr) {
     const uint16_t hi = Trans ? m[c + 1].e[g] : m[g].e[c + 1];
     r[j] = (uint32_t)lo | ((uint32_t)hi << 16);
   }
-}
-
-// cp.async.cg.shared.global, 16 bytes, of which the first src_bytes come from global memory
-// and the rest are zeros. Done at once: the copy is synchronous here, so commit_group and
-// wait_group have nothing left to wait for and are no-ops.
-inline void cp_async_16(void* smem, const void* gmem, int src_bytes) {
-  if (src_bytes < 0 || src_bytes > 16)
-    fatal("cp.async: src-size " + std::to_string(src_bytes) + " is not in [0, 16]");
-  if (reinterpret_cast<uintptr_t>(smem) % 16 || reinterpret_cast<uintptr_t>(gmem) % 16)
-    fatal("cp.async of 16 bytes: shared and global addresses must be 16-byte aligned");
-  if (src_bytes > 0) std::memcpy(smem, gmem, (size_t)src_bytes);
-  std::memset(static_cast<char*>(smem) + src_bytes, 0, (size_t)(16 - src_bytes));
 }
 
 }  // namespace nk_harness
@@ -288,9 +277,9 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const void* row) 
 // 16-byte aligned. A thread sees its own copies after the wait; other threads' copies need
 // a __syncthreads after everyone's wait, as usual.
 //
-// On the CPU each copy is done when cp_async_* returns: nothing is ever in flight, so
-// commit and wait are no-ops, and a kernel that reads a stage before waiting for it (a bug
-// on the GPU) is not caught here.
+// On the CPU (csrc/harness/cuda_cpu.h) each thread keeps its copies in flight until the
+// wait_group that covers them, with the destination NaN-filled meanwhile, and ldmatrix fails
+// on a chunk whose copy has not landed: a missing or too-small wait is caught here.
 
 // cp.async.cg.shared.global [smem], [gmem], 16;
 __device__ __forceinline__ void cp_async_cg_16(void* smem, const void* gmem) {
@@ -298,7 +287,7 @@ __device__ __forceinline__ void cp_async_cg_16(void* smem, const void* gmem) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n"
                :: "r"(nk_smem_addr(smem)), "l"(__cvta_generic_to_global(gmem)) : "memory");
 #else
-  nk_harness::cp_async_16(smem, gmem, 16);
+  nk_harness::async_copy(smem, gmem, 16);
 #endif
 }
 
@@ -312,7 +301,7 @@ __device__ __forceinline__ void cp_async_cg_16_zfill(void* smem, const void* gme
                :: "r"(nk_smem_addr(smem)), "l"(__cvta_generic_to_global(gmem)), "r"(src_bytes)
                : "memory");
 #else
-  nk_harness::cp_async_16(smem, gmem, src_bytes);
+  nk_harness::async_copy(smem, gmem, src_bytes);
 #endif
 }
 
@@ -320,6 +309,8 @@ __device__ __forceinline__ void cp_async_cg_16_zfill(void* smem, const void* gme
 __device__ __forceinline__ void cp_async_commit() {
 #ifdef __CUDACC__
   asm volatile("cp.async.commit_group;\n" ::: "memory");
+#else
+  nk_harness::async_commit();
 #endif
 }
 
@@ -329,6 +320,8 @@ __device__ __forceinline__ void cp_async_wait() {
   static_assert(N >= 0, "cp_async_wait<N>: N counts groups left in flight");
 #ifdef __CUDACC__
   asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory");
+#else
+  nk_harness::async_wait(N);
 #endif
 }
 

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #ifdef __CUDACC__
 #include <cuda_bf16.h>
@@ -43,6 +44,11 @@ inline cudaError_t launch_kernel(void (*kernel)(KArgs...), dim3 grid, dim3 block
   return cudaGetLastError();
 }
 
+// Grid limits of every GPU we build for: grid.x up to 2^31 - 1 blocks, grid.y and grid.z up
+// to 65535. Launchers count blocks in int64_t and check the counts against these before
+// narrowing them to dim3's unsigned: a bare cast would wrap and launch a smaller grid.
+constexpr int64_t kMaxGridX = 0x7fffffff, kMaxGridYZ = 65535;
+
 // float <-> storage type conversions, overloaded so templated kernels read and write any of
 // float, __half, __nv_bfloat16 with one spelling. Rounding is to nearest even everywhere.
 __device__ __forceinline__ float to_float(float v) { return v; }
@@ -58,6 +64,21 @@ __device__ __forceinline__ __half from_float<__half>(float v) { return __float2h
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
+}
+
+// Stores the raw bits w (unsigned, uint2 or uint4) at p, aligned to sizeof(W), with one 4-, 8-
+// or 16-byte store, whatever type the objects at p have (packed halves, float bits). Not as
+// `*(W*)p = w`: the objects are read back as their own type, and strict aliasing lets the
+// compiler hoist such loads above a store of another type. Under nvcc __stcg, inline PTX with
+// a "memory" clobber, which no load moves across (a plain uint4 assignment sometimes comes
+// out as four 32-bit stores); on the host a memcpy, which aliases anything.
+template <typename W>
+__device__ __forceinline__ void store_bits(void* p, W w) {
+#ifdef __CUDACC__
+  __stcg(static_cast<W*>(p), w);
+#else
+  std::memcpy(p, &w, sizeof w);
+#endif
 }
 
 // Sixteen bytes of T, moved with one 128-bit load or store.

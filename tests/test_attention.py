@@ -12,8 +12,10 @@ import torch.nn.functional as F
 import nanogpt_kernels as nk
 from nanogpt_kernels.ops import attention as attn_ops
 from nanogpt_kernels.testing import max_error, tolerance
+from nanogpt_kernels.triton import attention as triton_attention
 
 import nanogpt_reference as nanogpt
+from triton_launches import record_launches, specialization
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 KERNEL_BACKENDS = ["triton", "cuda"]
@@ -196,6 +198,66 @@ def test_backends_drop_the_same_elements():
     outs = [nk.causal_attention(q, k, v, dropout_p=0.4, seed=77, backend=b) for b in ["eager"] + KERNEL_BACKENDS]
     for o in outs[1:]:
         torch.testing.assert_close(o, outs[0], rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# Triton launches, recorded instead of run: what a GPU would compile and launch
+
+
+TRITON_KERNELS = ("_attention_fwd_kernel", "_attention_bwd_preprocess_kernel", "_attention_bwd_dkdv_kernel",
+                  "_attention_bwd_dq_kernel")
+PER_CALL_ARGS = ("dropout_threshold", "seed_lo", "seed_hi")
+
+
+def test_triton_seed_and_threshold_reuse_one_compiled_kernel(monkeypatch):
+    """Triton specialises integer arguments equal to 1 or divisible by 16: a seed passed that
+    way would compile a new kernel about one training step in sixteen. Seeds whose halves fall
+    in every class (0, 1, 16, 17, 2^31 as int32 bits) and thresholds divisible by 16 (p = 0.5)
+    or not must give every kernel one cache key, with the dropout arguments specialised as
+    the compile check's configs declare them (plain i32, no divisibility)."""
+    launches = record_launches(monkeypatch, triton_attention, *TRITON_KERNELS)
+    q = torch.empty(2, 3, 40, 64, dtype=torch.float16)
+    lse = torch.empty(2, 3, 40)
+    seeds = (0, 1, 16, 17, 2**32 + 1, 2**63 + 16 * 2**32 + 16, 2**64 - 1)
+    cases = [(seed, p) for seed in seeds for p in (0.1, 0.5)]
+    for seed, p in cases:
+        args = (0.125, attn_ops.dropout_threshold(p), 1 / (1 - p), seed)
+        triton_attention.attention_fwd(q, q, q, q, lse, *args)
+        triton_attention.attention_bwd(q, q, q, q, q, lse, q, q, q, *args)
+    assert len(launches) == 4 * len(cases)
+    configs = triton_attention.compile_configs()
+    for first in launches[:4]:
+        name = first.kernel.fn.__name__
+        keys = {specialization(launch)[1] for launch in launches if launch.kernel is first.kernel}
+        assert len(keys) == 1, f"{name}: {len(keys)} compiled variants for {len(cases)} seeds and thresholds"
+        spec, _ = specialization(first)
+        for i, arg in enumerate(first.kernel.arg_names):
+            if arg in PER_CALL_ARGS:
+                assert spec[i] == ("i32", None), f"{name}: {arg} specialised as {spec[i]}"
+                for config in configs:
+                    if config["fn"] is first.kernel:
+                        assert config["signature"][arg] == "i32" and (i,) not in config["attrs"], config["name"]
+
+
+def test_triton_grid_limit_on_query_blocks(monkeypatch):
+    """Row blocks run along grid axis 1, which holds 65535: at 64-row blocks (the
+    interpreter's) T = 64 * 65535 launches, one row more is refused with a clear error instead
+    of failing on a GPU at launch."""
+    launches = record_launches(monkeypatch, triton_attention, *TRITON_KERNELS)
+
+    def inputs(T):
+        return torch.empty(1, 1, 1, 16, dtype=torch.float16).expand(1, 2, T, 16), torch.empty(1, 2, T)
+
+    q, lse = inputs(64 * 65535)
+    triton_attention.attention_fwd(q, q, q, q, lse, 0.25, 0, 1.0, 0)
+    triton_attention.attention_bwd(q, q, q, q, q, lse, q, q, q, 0.25, 0, 1.0, 0)
+    assert [launch.grid for launch in launches] == [(2, 65535)] * 4
+    q, lse = inputs(64 * 65535 + 1)
+    message = rf"attention: q of shape \(1, 2, {64 * 65535 + 1}, 16\) needs 65536 programs along grid axis 1"
+    with pytest.raises(ValueError, match=message):
+        triton_attention.attention_fwd(q, q, q, q, lse, 0.25, 0, 1.0, 0)
+    with pytest.raises(ValueError, match=message):
+        triton_attention.attention_bwd(q, q, q, q, q, lse, q, q, q, 0.25, 0, 1.0, 0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,18 +4,33 @@ import pathlib
 import subprocess
 import sys
 
+import torch
+
 from nanogpt_kernels.__main__ import main
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def test_check_command_passes(capsys):
-    assert main(["check", "--rows", "5", "--hidden", "48"]) == 0
-    out = capsys.readouterr().out
+def assert_every_check_passed(out):
     for op in ("layer_norm", "add_layer_norm", "causal_attention", "gelu_mlp"):
         for backend in ("eager", "triton", "cuda"):
             assert f"{op:<18}{backend}" in out
     assert "all checks passed" in out and "FAIL" not in out
+
+
+def test_check_command_passes(capsys):
+    assert main(["check", "--rows", "5", "--hidden", "48"]) == 0
+    assert_every_check_passed(capsys.readouterr().out)
+
+
+def test_check_command_passes_at_default_shapes(capsys):
+    """`check` as users run it: 64 x 768 on the CPU (30-80 s on two cores), 4096 x 768 on a GPU.
+    Errors grow with the reduction lengths (K = 3072 in the MLP), so the tiny shapes above
+    cannot stand in for these: an fp32 GEMM once passed at 5 x 48 and failed here."""
+    assert main(["check"]) == 0
+    out = capsys.readouterr().out
+    assert f"shape [{4096 if torch.cuda.is_available() else 64}, 768]" in out
+    assert_every_check_passed(out)
 
 
 def test_benchmark_smoke_run(tmp_path):

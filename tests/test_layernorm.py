@@ -137,6 +137,19 @@ def test_nan_row_stays_in_its_row(backend):
     assert max_error(others, torch.cat([expected[:3], expected[4:]])) < 1e-5
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_triton_bf16_nan_residual_reaches_both_outputs(device):
+    # bf16 rounding by an integer add of 0x7FFF turned a GPU's NaN (0x7FFFFFFF) into -0.0: the
+    # NaN must reach s and every y of its row, and nothing else.
+    x, w, b, _ = make_inputs(7, 100, torch.bfloat16, device)
+    r = make_inputs(7, 100, torch.bfloat16, device, seed=1)[0]
+    r[3, 10] = float("nan")
+    s, y = nk.add_layer_norm(x, r, w, b, backend="triton")
+    torch.testing.assert_close(s, x + r, rtol=0, atol=0, equal_nan=True)
+    assert y[3].isnan().all()
+    assert not torch.cat([y[:3], y[4:]]).isnan().any()
+
+
 @pytest.mark.parametrize("backend", ["eager"] + KERNEL_BACKENDS)
 @pytest.mark.parametrize("shape", [(0, 48), (3, 0, 48), (5, 0)])
 def test_empty_input(backend, shape):

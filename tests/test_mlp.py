@@ -10,8 +10,10 @@ import torch.nn.functional as F
 import nanogpt_kernels as nk
 from nanogpt_kernels.ops import mlp as mlp_ops
 from nanogpt_kernels.testing import max_error, tolerance
+from nanogpt_kernels.triton import mlp as triton_mlp
 
 import nanogpt_reference as nanogpt
+from triton_launches import record_launches
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 KERNEL_BACKENDS = ["triton", "cuda"]
@@ -120,6 +122,29 @@ def test_saves_one_activation_less_than_eager(backend):
     ours = saved_activation_bytes(lambda *a: nk.gelu_mlp(*a, backend=backend))
     assert eager == (64 * 48 + 2 * 64 * 192) * 4, "eager keeps x, the pre-activation and the GELU output"
     assert ours == (64 * 48 + 64 * 192) * 4, f"ours should keep x and the pre-activation only, got {ours} bytes"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_triton_column_sum_over_slices_and_column_blocks(device, dtype):
+    # 600 rows are three 256-row slices, and 1100 columns three of the interpreter's 512-column
+    # blocks (nine of the GPU's 128): each program must find its own slice and column block.
+    x = torch.randn(600, 1100, generator=torch.Generator().manual_seed(3)).to(device, dtype)
+    out = torch.empty(1100, dtype=dtype, device=device)
+    triton_mlp.column_sum(x, out)
+    ref = x.double().sum(0)
+    err, tol = max_error(out, ref), tolerance(x.sum(0), ref, dtype, backward=True)
+    assert err <= tol, f"max error {err:.3g} > tolerance {tol:.3g}"
+
+
+def test_triton_column_sum_grid_past_65535_slices(monkeypatch):
+    """256 * 65535 + 1 rows are 65536 slices of 256, one more than grid axis 1 holds. The
+    launches are recorded, not run: the interpreter has no grid limits, a GPU does."""
+    launches = record_launches(monkeypatch, triton_mlp, "_column_sum_kernel", "_column_sum_reduce_kernel")
+    M, N = 256 * 65535 + 1, 2
+    triton_mlp.column_sum(torch.empty(M, N, dtype=torch.bfloat16), torch.empty(N, dtype=torch.bfloat16))
+    assert [(launch.kernel.fn.__name__, launch.grid) for launch in launches] == [
+        ("_column_sum_kernel", (65536,)), ("_column_sum_reduce_kernel", (1,))]
 
 
 def test_bad_input():

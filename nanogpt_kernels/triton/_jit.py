@@ -54,9 +54,9 @@ def _library_functions_interpreted():
 
 
 class _DualJITFunction(JITFunction):
-    def __init__(self, fn, **kwargs):
+    def __init__(self, fn, interpreted=None, **kwargs):
         super().__init__(fn, **kwargs)
-        self._interpreted = InterpretedFunction(fn, **kwargs)
+        self._interpreted = InterpretedFunction(interpreted or fn, **kwargs)
 
     def __call__(self, *args, **kwargs):
         # Only reached when a kernel running in the interpreter calls this function; compiled
@@ -78,10 +78,12 @@ class _DualJITFunction(JITFunction):
         return launch
 
 
-def jit(fn=None, **kwargs):
+def jit(fn=None, *, interpreted=None, **kwargs):
     """Drop-in for `triton.jit` (use as `@jit` or `@jit(do_not_specialize=...)`).
 
+    `interpreted`: a plain function with fn's parameters that the interpreter runs instead of
+    fn, where the interpreter's arithmetic differs from a GPU's; compiled kernels never see it.
     With $TRITON_INTERPRET=1 every launch is interpreted, as with plain triton.jit."""
     if fn is None:
-        return lambda f: _DualJITFunction(f, **kwargs)
-    return _DualJITFunction(fn, **kwargs)
+        return lambda f: _DualJITFunction(f, interpreted, **kwargs)
+    return _DualJITFunction(fn, interpreted, **kwargs)

@@ -29,7 +29,7 @@ visible (ALU, not tensor core) but not dominant.
 
 Interpreter (CPU tensors, through our `jit`): bf16 tl.dot is wrong there, so UPCAST_DOT (set by
 the launchers for CPU tensors only) upcasts dot operands to fp32 after rounding them to the
-input dtype as a GPU would (`_round_to`); every store rounds bf16 to nearest even too.
+input dtype (`round_to`, which rounds to nearest even there as a GPU does).
 """
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ import torch
 import triton
 import triton.language as tl
 
+from nanogpt_kernels.triton._common import device_guard, launch_grid, round_to
 from nanogpt_kernels.triton._jit import jit
-from nanogpt_kernels.triton.layernorm import _device_guard, _round_to
 from nanogpt_kernels.triton.normal_init import _philox4x32_10
 
 LOG2E = tl.constexpr(math.log2(math.e))
@@ -49,6 +49,10 @@ LN2 = tl.constexpr(math.log(2.0))
 HEAD_DIMS = (16, 32, 64, 80, 96, 128)  # csrc/attention.h: attention_head_dim_supported
 _TRITON_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 _MASK32 = 0xFFFFFFFF
+# Integer arguments that change between calls (the seed every step, the threshold with p):
+# Triton would otherwise compile a variant for values equal to 1 or divisible by 16, about one
+# training step in sixteen.
+_PER_CALL_ARGS = ("dropout_threshold", "seed_lo", "seed_hi")
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,18 +74,6 @@ def _dot(
         return tl.dot(a, b, input_precision="ieee")
     else:
         return tl.dot(a, b)
-
-
-@jit
-def _to_operand(
-    x,  # float32 tile (P or dS) about to be a matmul operand
-    dtype: tl.constexpr,  # the inputs' dtype, which the tensor-core dot takes
-    UPCAST_DOT: tl.constexpr,  # interpreter: round to nearest explicitly (its bf16 cast truncates)
-):
-    if UPCAST_DOT:
-        return _round_to(x, dtype)
-    else:
-        return x.to(dtype)
 
 
 @jit
@@ -125,7 +117,7 @@ def _store_rows(
     r = tl.arange(0, rows.shape[0])
     cols = tl.arange(0, BLOCK_D)
     ptrs = ptr + r[:, None] * stride_t + cols[None, :]
-    tl.store(ptrs, _round_to(value, ptr.dtype.element_ty),
+    tl.store(ptrs, round_to(value, ptr.dtype.element_ty),
              mask=(rows < T)[:, None] & (cols < HEAD_DIM)[None, :])
 
 
@@ -211,12 +203,12 @@ def _attention_fwd_inner(
             keep = _dropout_keep(offs_m, start_n, stream, seed_lo, seed_hi, dropout_threshold, BLOCK_N, False)
             p = tl.where(keep, p, 0.0)
         v = _load_rows(V + row0 * stride_vt, cols, stride_vt, T, MASK, HEAD_DIM, BLOCK_D)
-        acc += _dot(_to_operand(p, v.dtype, UPCAST_DOT), v, UPCAST_DOT)
+        acc += _dot(round_to(p, v.dtype), v, UPCAST_DOT)
         m_i = m_new
     return acc, l_i, m_i
 
 
-@jit
+@jit(do_not_specialize=_PER_CALL_ARGS)
 def _attention_fwd_kernel(
     Q, K, V,  # [B, H, T, HEAD_DIM] inputs, unit stride along the head dimension
     O,  # out: [B, H, T, HEAD_DIM] attention output, unit stride along the head dimension
@@ -344,20 +336,20 @@ def _attention_bwd_dkdv_inner(
         if DROPOUT_ENABLED:
             keep = _dropout_keep(offs_m, start_n, stream, seed_lo, seed_hi, dropout_threshold, BLOCK_N, True)
             # dV uses the dropped P (its 1 / (1 - p) is applied once, after the loop).
-            dv += _dot(_to_operand(tl.where(keep, pT, 0.0), do.dtype, UPCAST_DOT), do, UPCAST_DOT)
+            dv += _dot(round_to(tl.where(keep, pT, 0.0), do.dtype), do, UPCAST_DOT)
             dpT = tl.where(keep, dpT * dropout_scale, 0.0)
         else:
-            dv += _dot(_to_operand(pT, do.dtype, UPCAST_DOT), do, UPCAST_DOT)
+            dv += _dot(round_to(pT, do.dtype), do, UPCAST_DOT)
         if MASK:
             delta = tl.load(Delta + offs_m, mask=offs_m < T, other=0.0)
         else:
             delta = tl.load(Delta + offs_m)
         dsT = pT * (dpT - delta[None, :])
-        dk += _dot(_to_operand(dsT, q.dtype, UPCAST_DOT), q, UPCAST_DOT)
+        dk += _dot(round_to(dsT, q.dtype), q, UPCAST_DOT)
     return dk, dv
 
 
-@jit
+@jit(do_not_specialize=_PER_CALL_ARGS)
 def _attention_bwd_dkdv_kernel(
     Q, K, V,  # [B, H, T, HEAD_DIM] forward inputs, unit stride along the head dimension
     DO,  # [B, H, T, HEAD_DIM] gradient of the output, unit stride along the head dimension
@@ -467,11 +459,11 @@ def _attention_bwd_dq_inner(
             keep = _dropout_keep(offs_m, start_n, stream, seed_lo, seed_hi, dropout_threshold, BLOCK_N, False)
             dp = tl.where(keep, dp * dropout_scale, 0.0)
         ds = p * (dp - delta[:, None])
-        dq += _dot(_to_operand(ds, k.dtype, UPCAST_DOT), k, UPCAST_DOT)
+        dq += _dot(round_to(ds, k.dtype), k, UPCAST_DOT)
     return dq
 
 
-@jit
+@jit(do_not_specialize=_PER_CALL_ARGS)
 def _attention_bwd_dq_kernel(
     Q, K, V,  # [B, H, T, HEAD_DIM] forward inputs, unit stride along the head dimension
     DO,  # [B, H, T, HEAD_DIM] gradient of the output, unit stride along the head dimension
@@ -622,19 +614,18 @@ def _check(names, tensors, lse, grads=()):
     if lse.shape != (B, H, T) or lse.dtype != torch.float32 or not lse.is_contiguous() or lse.device != q.device:
         raise ValueError(f"attention: lse must be a contiguous float32 [{B}, {H}, {T}] tensor on {q.device}, "
                          f"got {tuple(lse.shape)} {lse.dtype} strides {lse.stride()} on {lse.device}")
-    if B * H >= 2 ** 31:
-        raise ValueError(f"attention: batch * heads = {B * H} exceeds the grid limit")
 
 
 def _strides(t):
     return t.stride(0), t.stride(1), t.stride(2)
 
 
-def _grid_blocks(T, block):
-    n = triton.cdiv(T, block)
-    if n > 65535:
-        raise ValueError(f"attention: T = {T} needs {n} blocks of {block} rows, over the grid's 65535")
-    return n
+def _grid(q, block):
+    # (b * H + h, row block): row blocks stop at 65535 (T = 1M at fp32 dK/dV's 16-row blocks).
+    # Folding them into axis 0 would lift that, but its index arithmetic made fp32 configs
+    # spill (sm_80 dK/dV, sm_90a forward).
+    B, H, T, _ = q.shape
+    return launch_grid(B * H, triton.cdiv(T, block), what=f"attention: q of shape {tuple(q.shape)}")
 
 
 def attention_fwd(q, k, v, o, lse, scale: float, dropout_threshold: int, dropout_scale: float, seed: int) -> None:
@@ -651,8 +642,8 @@ def attention_fwd(q, k, v, o, lse, scale: float, dropout_threshold: int, dropout
         return
     threshold, keep_scale, seed_lo, seed_hi, dropout = _dropout_args(dropout_threshold, dropout_scale, seed)
     block_m, block_n, num_warps, num_stages = _blocks("fwd", q, dropout)
-    with _device_guard(q):
-        _attention_fwd_kernel[(B * H, _grid_blocks(T, block_m))](
+    with device_guard(q):
+        _attention_fwd_kernel[_grid(q, block_m)](
             q, k, v, o, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(o), H, T, float(scale),
             threshold, keep_scale, seed_lo, seed_hi,
             DROPOUT_ENABLED=dropout, UPCAST_DOT=q.device.type == "cpu", HEAD_DIM=D, BLOCK_M=block_m,
@@ -675,19 +666,19 @@ def attention_bwd(do, q, k, v, o, lse, dq, dk, dv, scale: float, dropout_thresho
     block_d = triton.next_power_of_2(D)
     upcast = q.device.type == "cpu"
     common = dict(DROPOUT_ENABLED=dropout, UPCAST_DOT=upcast, HEAD_DIM=D, BLOCK_D=block_d)
-    with _device_guard(q):
-        _attention_bwd_preprocess_kernel[(B * H, _grid_blocks(T, _PREPROCESS_BLOCK_M))](
+    with device_guard(q):
+        _attention_bwd_preprocess_kernel[_grid(q, _PREPROCESS_BLOCK_M)](
             o, do, delta, *_strides(o), *_strides(do), H, T,
             HEAD_DIM=D, BLOCK_M=_PREPROCESS_BLOCK_M, BLOCK_D=block_d, num_warps=_PREPROCESS_NUM_WARPS,
         )
         block_m, block_n, num_warps, num_stages = _blocks("dkdv", q, dropout)
-        _attention_bwd_dkdv_kernel[(B * H, _grid_blocks(T, block_n))](
+        _attention_bwd_dkdv_kernel[_grid(q, block_n)](
             q, k, v, do, lse, delta, dk, dv, *_strides(q), *_strides(k), *_strides(v), *_strides(do),
             *_strides(dk), *_strides(dv), H, T, float(scale), threshold, keep_scale, seed_lo, seed_hi,
             **common, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages,
         )
         block_m, block_n, num_warps, num_stages = _blocks("dq", q, dropout)
-        _attention_bwd_dq_kernel[(B * H, _grid_blocks(T, block_m))](
+        _attention_bwd_dq_kernel[_grid(q, block_m)](
             q, k, v, do, lse, delta, dq, *_strides(q), *_strides(k), *_strides(v), *_strides(do),
             *_strides(dq), H, T, float(scale), threshold, keep_scale, seed_lo, seed_hi,
             **common, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages,

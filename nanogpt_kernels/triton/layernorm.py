@@ -12,12 +12,11 @@ in L2, so DRAM traffic is about one pass over dy, x (and ds) plus the dx write.
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
 
+from nanogpt_kernels.triton._common import GRID_LIMITS, device_guard, launch_grid, round_to
 from nanogpt_kernels.triton._jit import jit
 
 # Chunk widths the launchers pick from: the first that holds the row, else the last.
@@ -39,22 +38,6 @@ _TRITON_DTYPES = ("fp32", "fp16", "bf16")  # the dtypes x may have
 
 
 @jit
-def _round_to(
-    x,  # float32 values
-    dtype: tl.constexpr,  # the storage type to convert to
-):
-    # GPUs convert fp32 -> bf16 rounding to nearest even; Triton's interpreter (3.8) truncates,
-    # which would make every CPU run of a bf16 kernel less accurate than the kernel really is.
-    # Rounding the fp32 bits to nearest even first makes the conversion exact on both (on a
-    # GPU it costs four integer ops in a memory-bound kernel).
-    if dtype == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = bits + (0x7FFF + ((bits >> 16) & 1))
-        x = ((bits >> 16) << 16).to(tl.float32, bitcast=True)
-    return x.to(dtype)
-
-
-@jit
 def _load_normalised_input(
     X,  # row start of the input
     R,  # row start of the residual (unused unless HAS_RESIDUAL)
@@ -67,33 +50,26 @@ def _load_normalised_input(
         r = tl.load(R + offs, mask=mask, other=0.0).to(tl.float32)
         # Round as the stored S is rounded, so the statistics describe exactly what backward
         # will be given as its input.
-        x = _round_to(x + r, X.dtype.element_ty).to(tl.float32)
+        x = round_to(x + r, X.dtype.element_ty).to(tl.float32)
     return x
 
 
 @jit
-def _layer_norm_fwd_kernel(
-    X,  # input [M, N], unit column stride
-    R,  # residual [M, N], unit column stride (X when HAS_RESIDUAL is False)
-    S,  # out: X + R in X's dtype, contiguous [M, N] (Y when HAS_RESIDUAL is False)
-    Y,  # out: normalised rows, contiguous [M, N]
+def _layer_norm_fwd_row(
+    X,  # the row of the input
+    R,  # the row of the residual (unused unless HAS_RESIDUAL)
+    S,  # out: the row of X + R (unused unless HAS_RESIDUAL)
+    Y,  # out: the normalised row
     W,  # weight [N]
-    B,  # bias [N] (W when HAS_BIAS is False)
-    Mean,  # out: float32 [M] row means
-    Rstd,  # out: float32 [M] 1 / sqrt(biased variance + eps)
-    stride_x_row,  # elements between rows of X
-    stride_r_row,  # elements between rows of R
+    B,  # bias [N] (unused unless HAS_BIAS)
+    Mean,  # out: the row's mean
+    Rstd,  # out: the row's 1 / std
     N,  # row length
     eps,  # added to the variance
     HAS_RESIDUAL: tl.constexpr,  # normalise X + R and write it to S
     HAS_BIAS: tl.constexpr,  # add B after scaling by W
     BLOCK_N: tl.constexpr,  # columns per chunk, a power of two
 ):
-    row = tl.program_id(0).to(tl.int64)
-    X += row * stride_x_row
-    R += row * stride_r_row
-    S += row * N
-    Y += row * N
     cols = tl.arange(0, BLOCK_N)
 
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
@@ -110,8 +86,8 @@ def _layer_norm_fwd_kernel(
         d = tl.where(mask, _load_normalised_input(X, R, offs, mask, HAS_RESIDUAL) - mean, 0.0)
         acc += d * d
     rstd = 1.0 / tl.sqrt_rn(tl.sum(acc, axis=0) / N + eps)
-    tl.store(Mean + row, mean)
-    tl.store(Rstd + row, rstd)
+    tl.store(Mean, mean)
+    tl.store(Rstd, rstd)
 
     for start in range(0, N, BLOCK_N):
         offs = start + cols
@@ -122,8 +98,35 @@ def _layer_norm_fwd_kernel(
         if HAS_BIAS:
             y += tl.load(B + offs, mask=mask).to(tl.float32)
         if HAS_RESIDUAL:
-            tl.store(S + offs, _round_to(x, S.dtype.element_ty), mask=mask)
-        tl.store(Y + offs, _round_to(y, Y.dtype.element_ty), mask=mask)
+            tl.store(S + offs, round_to(x, S.dtype.element_ty), mask=mask)
+        tl.store(Y + offs, round_to(y, Y.dtype.element_ty), mask=mask)
+
+
+@jit
+def _layer_norm_fwd_kernel(
+    X,  # input [M, N], unit column stride
+    R,  # residual [M, N], unit column stride (X when HAS_RESIDUAL is False)
+    S,  # out: X + R in X's dtype, contiguous [M, N] (Y when HAS_RESIDUAL is False)
+    Y,  # out: normalised rows, contiguous [M, N]
+    W,  # weight [N]
+    B,  # bias [N] (W when HAS_BIAS is False)
+    Mean,  # out: float32 [M] row means
+    Rstd,  # out: float32 [M] 1 / sqrt(biased variance + eps)
+    stride_x_row,  # elements between rows of X
+    stride_r_row,  # elements between rows of R
+    M,  # number of rows
+    N,  # row length
+    eps,  # added to the variance
+    HAS_RESIDUAL: tl.constexpr,  # normalise X + R and write it to S
+    HAS_BIAS: tl.constexpr,  # add B after scaling by W
+    BLOCK_N: tl.constexpr,  # columns per chunk, a power of two
+):
+    # One row per program, unless M exceeds grid axis 0's limit: then programs take rows
+    # pid, pid + programs, ...
+    for row in range(tl.program_id(0), M, tl.num_programs(0)):
+        row64 = tl.cast(row, tl.int64)
+        _layer_norm_fwd_row(X + row64 * stride_x_row, R + row64 * stride_r_row, S + row64 * N, Y + row64 * N, W, B,
+                            Mean + row64, Rstd + row64, N, eps, HAS_RESIDUAL, HAS_BIAS, BLOCK_N)
 
 
 @jit
@@ -193,7 +196,7 @@ def _layer_norm_bwd_kernel(
             dx = (g - mean_g - xhat * mean_gxhat) * rstd
             if HAS_DS:
                 dx += tl.load(DS + row64 * stride_ds_row + offs, mask=mask).to(tl.float32)
-            tl.store(DX + row64 * N + offs, _round_to(dx, DX.dtype.element_ty), mask=mask)
+            tl.store(DX + row64 * N + offs, round_to(dx, DX.dtype.element_ty), mask=mask)
             # Only this program touches its partial row, so read-modify-write is race-free.
             dw = tl.load(DW_partial + offs, mask=mask)
             tl.store(DW_partial + offs, dw + dy * xhat, mask=mask)
@@ -229,9 +232,9 @@ def _layer_norm_bwd_reduce_kernel(
         acc_w += tl.load(DW_partial + offs, mask=mask, other=0.0)
         if HAS_BIAS:
             acc_b += tl.load(DB_partial + offs, mask=mask, other=0.0)
-    tl.store(DW + cols, _round_to(tl.sum(acc_w, axis=0), DW.dtype.element_ty), mask=col_mask)
+    tl.store(DW + cols, round_to(tl.sum(acc_w, axis=0), DW.dtype.element_ty), mask=col_mask)
     if HAS_BIAS:
-        tl.store(DB + cols, _round_to(tl.sum(acc_b, axis=0), DB.dtype.element_ty), mask=col_mask)
+        tl.store(DB + cols, round_to(tl.sum(acc_b, axis=0), DB.dtype.element_ty), mask=col_mask)
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,11 +249,6 @@ def _num_warps(block_n):
     # 8 columns per thread. At 16 per thread (4096 over 8 warps) ptxas for sm_90a held the fp16
     # forward to 64 registers and spilled.
     return block_n // 256
-
-
-def _device_guard(t):
-    # Triton launches on the current CUDA device, which need not be the tensor's.
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
 def layer_norm_fwd(x, residual, weight, bias, eps):
@@ -271,11 +269,11 @@ def layer_norm_fwd(x, residual, weight, bias, eps):
         rstd.fill_(float("nan"))
         return y, s, mean, rstd
     block_n = _block_n(N)
-    with _device_guard(x):
-        _layer_norm_fwd_kernel[(M,)](
+    with device_guard(x):
+        _layer_norm_fwd_kernel[(min(M, GRID_LIMITS[0]),)](
             x, x if residual is None else residual, y if s is None else s, y,
             weight, weight if bias is None else bias, mean, rstd,
-            x.stride(0), 0 if residual is None else residual.stride(0), N, float(eps),
+            x.stride(0), 0 if residual is None else residual.stride(0), M, N, float(eps),
             HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None, BLOCK_N=block_n,
             num_warps=_num_warps(block_n),
         )
@@ -302,14 +300,15 @@ def layer_norm_bwd(dy, xs, weight, has_bias, mean, rstd, ds):
     dw = torch.empty((N,), dtype=weight.dtype, device=weight.device)
     db = torch.empty_like(dw) if has_bias else None
     block_n = _block_n(N)
-    with _device_guard(xs):
+    with device_guard(xs):
         _layer_norm_bwd_kernel[(G,)](
             dy, xs, weight, mean, rstd, dy if ds is None else ds, dx, dw_partial, db_partial,
             dy.stride(0), xs.stride(0), 0 if ds is None else ds.stride(0), M, N, G,
             HAS_BIAS=has_bias, HAS_DS=ds is not None, BLOCK_N=block_n,
             num_warps=_num_warps(block_n),
         )
-        _layer_norm_bwd_reduce_kernel[(triton.cdiv(N, _REDUCE_BLOCK_C),)](
+        reduce_grid = launch_grid(triton.cdiv(N, _REDUCE_BLOCK_C), what=f"layer_norm: hidden size {N}")
+        _layer_norm_bwd_reduce_kernel[reduce_grid](
             dw_partial, db_partial, dw, dw if db is None else db, G, N,
             HAS_BIAS=has_bias, BLOCK_G=_REDUCE_BLOCK_G, BLOCK_C=_REDUCE_BLOCK_C,
             num_warps=_REDUCE_NUM_WARPS,
@@ -336,7 +335,7 @@ def compile_configs():
                     constexprs = {"HAS_RESIDUAL": has_residual, "HAS_BIAS": has_bias, "BLOCK_N": block_n}
                     signature = {"X": f"*{t}", "R": f"*{t}", "S": f"*{t}", "Y": f"*{t}", "W": f"*{t}",
                                  "B": f"*{t}", "Mean": "*fp32", "Rstd": "*fp32", "stride_x_row": "i32",
-                                 "stride_r_row": "i32", "N": "i32", "eps": "fp32",
+                                 "stride_r_row": "i32", "M": "i32", "N": "i32", "eps": "fp32",
                                  **{k: "constexpr" for k in constexprs}}
                     configs.append({"name": f"layer_norm_fwd_{t}_n{block_n}_res{int(has_residual)}_bias{int(has_bias)}",
                                     "fn": _layer_norm_fwd_kernel, "signature": signature,

@@ -17,15 +17,14 @@ partial over G in a fixed order; when M fits one slice, the first stage writes t
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 
 import torch
 import triton
 import triton.language as tl
 
+from nanogpt_kernels.triton._common import device_guard, launch_grid, round_to
 from nanogpt_kernels.triton._jit import jit
-from nanogpt_kernels.triton.layernorm import _round_to
 
 EPILOGUES = ("none", "bias", "bias_gelu", "gelu_grad")
 GELUS = ("none", "tanh")
@@ -141,16 +140,16 @@ def _epilogue(
     rm64 = rm.to(tl.int64)
     if epilogue == 3:  # _GELU_GRAD: D = G * gelu'(P), D2 = gelu(P)
         p = tl.load(Aux + rm64[:, None] * ld_aux + rn[None, :], mask=mask, other=0.0).to(tl.float32)
-        tl.store(D + rm64[:, None] * ldd + rn[None, :], _round_to(acc * _gelu_grad(p, gelu_tanh), dtype), mask=mask)
+        tl.store(D + rm64[:, None] * ldd + rn[None, :], round_to(acc * _gelu_grad(p, gelu_tanh), dtype), mask=mask)
         if has_d2:
-            tl.store(D2 + rm64[:, None] * ldd2 + rn[None, :], _round_to(_gelu(p, gelu_tanh), dtype), mask=mask)
+            tl.store(D2 + rm64[:, None] * ldd2 + rn[None, :], round_to(_gelu(p, gelu_tanh), dtype), mask=mask)
     else:
         if has_bias:
             acc += tl.load(Bias + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-        d = _round_to(acc, dtype)
+        d = round_to(acc, dtype)
         tl.store(D + rm64[:, None] * ldd + rn[None, :], d, mask=mask)
         if epilogue == 2:  # _BIAS_GELU: the GELU of D as stored, so A = gelu(P) exactly as eager
-            tl.store(D2 + rm64[:, None] * ldd2 + rn[None, :], _round_to(_gelu(d.to(tl.float32), gelu_tanh), dtype),
+            tl.store(D2 + rm64[:, None] * ldd2 + rn[None, :], round_to(_gelu(d.to(tl.float32), gelu_tanh), dtype),
                      mask=mask)
 
 
@@ -253,13 +252,18 @@ def _column_sum_kernel(
     M,  # rows of X
     N,  # columns of X
     ldx,  # elements between rows of X
-    ROWS: tl.constexpr,  # rows per program along axis 1 (a multiple of BLOCK_M)
+    ROWS: tl.constexpr,  # rows per program (a multiple of BLOCK_M): slice g is rows g * ROWS ..
     BLOCK_M: tl.constexpr,  # rows per step
-    BLOCK_N: tl.constexpr,  # columns per program along axis 0
+    BLOCK_N: tl.constexpr,  # columns per program
 ):
-    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    # Program p sums column block p % col_blocks of slice p // col_blocks: a (col_blocks, G)
+    # grid laid out on one axis, because G on axis 1 would stop at 65535 slices (16.7M rows).
+    col_blocks = tl.cdiv(N, BLOCK_N)
+    pid = tl.program_id(0)
+    slice_id = pid // col_blocks
+    cols = (pid % col_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_mask = cols < N
-    first = tl.program_id(1).to(tl.int64) * ROWS
+    first = slice_id.to(tl.int64) * ROWS
     rows = tl.arange(0, BLOCK_M)
     # Elementwise accumulation over the steps, one tree reduction at the end: the order is fixed
     # by (M, N) and the constants above.
@@ -271,7 +275,7 @@ def _column_sum_kernel(
     total = tl.sum(acc, axis=0)
     # Out's element type says which stage this is: float32 partials (rows of Out are N apart)
     # or, with one slice, the final output in X's dtype.
-    tl.store(Out + tl.program_id(1).to(tl.int64) * N + cols, _round_to(total, Out.dtype.element_ty), mask=col_mask)
+    tl.store(Out + slice_id.to(tl.int64) * N + cols, round_to(total, Out.dtype.element_ty), mask=col_mask)
 
 
 @jit
@@ -291,16 +295,11 @@ def _column_sum_reduce_kernel(
         r = start + rows
         acc += tl.load(Partial + r[:, None].to(tl.int64) * N + cols[None, :],
                        mask=(r[:, None] < G) & col_mask[None, :], other=0.0)
-    tl.store(Out + cols, _round_to(tl.sum(acc, axis=0), Out.dtype.element_ty), mask=col_mask)
+    tl.store(Out + cols, round_to(tl.sum(acc, axis=0), Out.dtype.element_ty), mask=col_mask)
 
 
 # --------------------------------------------------------------------------------------------
 # kernel launchers
-
-
-def _device_guard(t):
-    # Triton launches on the current CUDA device, which need not be the tensor's.
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
 def _config_name(M, N, dtype, device):
@@ -399,8 +398,8 @@ def gemm(a, b, d, *, epilogue: str, gelu: str = "none", bias=None, d2=None, aux=
         num_warps, num_stages, split = 4, 1, 2 if block_n >= 32 else 1
     else:
         block_m, block_n, block_k, num_warps, num_stages, split = _CONFIGS[_config_name(M, N, a.dtype, a.device)]
-    grid = (triton.cdiv(M, block_m) * triton.cdiv(N, block_n),)
-    with _device_guard(a):
+    grid = launch_grid(triton.cdiv(M, block_m) * triton.cdiv(N, block_n), what=f"gemm: d of shape {(M, N)}")
+    with device_guard(a):
         _gemm_kernel[grid](
             a, b, d, d if d2 is None else d2, d if bias is None else bias, d if aux is None else aux,
             # Unused leading dimensions repeat ldd, so that they add no specialisations (Triton
@@ -434,14 +433,15 @@ def column_sum(x, out) -> None:
     block_m, block_n = ((_COLSUM_ROWS_PER_PARTIAL, 512) if x.device.type == "cpu"
                         else (_COLSUM_BLOCK_M, _COLSUM_BLOCK_N))
     col_blocks = triton.cdiv(N, block_n)
-    with _device_guard(x):
+    what = f"column_sum: x of shape {(M, N)}"
+    with device_guard(x):
         partial = target if G == 1 else torch.empty((G, N), dtype=torch.float32, device=x.device)
-        _column_sum_kernel[(col_blocks, G)](
+        _column_sum_kernel[launch_grid(col_blocks * G, what=what)](
             x, partial, M, N, x.stride(0), ROWS=_COLSUM_ROWS_PER_PARTIAL, BLOCK_M=block_m, BLOCK_N=block_n,
             num_warps=_COLSUM_NUM_WARPS,
         )
         if G > 1:
-            _column_sum_reduce_kernel[(col_blocks,)](
+            _column_sum_reduce_kernel[launch_grid(col_blocks, what=what)](
                 partial, target, G, N, BLOCK_G=_COLSUM_BLOCK_M, BLOCK_N=block_n, num_warps=_COLSUM_NUM_WARPS,
             )
     if target is not out:

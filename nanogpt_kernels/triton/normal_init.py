@@ -26,9 +26,9 @@ Bits: each fp32 operation is rounded on its own. The launch passes enable_fp_fus
 mul+add contracted into FMA, and ptxas runs with --fmad=false; the FFMAs left in the SASS are
 those inside div.rn and sqrt.rn's exact algorithms), the division is div_rn and the square
 root sqrt_rn (plain `/` and tl.sqrt are approximate on GPUs), integer-to-float conversions
-are exact (< 2^24), and bf16 is rounded to nearest even explicitly because Triton's
-interpreter truncates (its fp16 conversion is numpy's, which rounds to nearest even, as a GPU
-does).
+are exact (< 2^24), and stores round through `round_to`: to nearest even on a GPU, and in
+Triton's interpreter too, whose own bf16 conversion truncates (its fp16 conversion is numpy's,
+which rounds to nearest even, as a GPU does).
 
 Napkin math (H100): per counter block ~70 integer ops of Philox and 2 x ~75 of Box-Muller
 (div.rn and sqrt.rn are short subroutines), ~60 instructions per element: 7.4 G for GPT-2's
@@ -41,8 +41,8 @@ import torch
 import triton.language as tl
 
 from nanogpt_kernels.ops import normal_init as _spec
+from nanogpt_kernels.triton._common import device_guard, launch_grid, round_to
 from nanogpt_kernels.triton._jit import jit
-from nanogpt_kernels.triton.layernorm import _device_guard, _round_to
 
 # Slots (counter blocks, 4 elements each) per program on a GPU: 2048 elements, two blocks per
 # thread at 8 warps, 42 (sm_80) / 48 (sm_90a) registers, no shared memory. Four per thread
@@ -188,7 +188,7 @@ def _store_lane(
 ):
     # j < 0: before element 0 (offset % 4 != 0); j >= numel: past the end, which includes
     # slots past the last tensor's (they search as that tensor's).
-    tl.store(ptr + j, _round_to(value, ptr.dtype.element_ty), mask=valid & (j >= 0) & (j < numel))
+    tl.store(ptr + j, round_to(value, ptr.dtype.element_ty), mask=valid & (j >= 0) & (j < numel))
 
 
 @jit
@@ -301,9 +301,7 @@ def normal_init_(tensors, means, stds, streams, offsets, seed):
     blocks = (offset + numel - 1) // 4 - offset // 4 + 1  # counter blocks each tensor touches
     ends = torch.cumsum(blocks, 0)
     block = _BLOCK if device.type == "cuda" else _INTERPRETER_BLOCK
-    n_programs = -(-int(ends[-1]) // block)
-    if n_programs >= 2**31:
-        raise ValueError(f"normal_init_ (triton): {n_programs} programs exceed the grid limit")
+    grid = launch_grid(-(-int(ends[-1]) // block), what=f"normal_init_ (triton): {int(numel.sum())} elements")
 
     def f32_bits(values):
         # float64 -> float32 rounds to nearest even, as the spec's float32(mean) does.
@@ -321,8 +319,8 @@ def normal_init_(tensors, means, stds, streams, offsets, seed):
     key = torch.tensor([seed & _MASK32, (seed >> 32) & _MASK32], dtype=torch.int64)
     table_dev = torch.cat((table.reshape(-1), key)).to(device)  # the one host-to-device copy
 
-    with _device_guard(tensors[live[0]]):
-        _normal_init_kernel[(n_programs,)](
+    with device_guard(tensors[live[0]]):
+        _normal_init_kernel[grid](
             table_dev, len(live),
             ROW=_ROW, BLOCK=block, num_warps=_NUM_WARPS, enable_fp_fusion=False,
         )

@@ -1,9 +1,12 @@
 // What the harness test drivers share: pass/fail counters and CHECK, which reports the failing
-// test function and returns false from it; aligned host buffers.
+// test function and returns false from it; aligned host buffers; the digest of the results
+// and the poisoned scratch buffers that scripts/sanitize relies on.
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <new>
 #include <vector>
 
@@ -32,3 +35,23 @@ struct Aligned {
 };
 template <typename T>
 using avec = std::vector<T, Aligned<T>>;
+
+// FNV-1a over the bytes of every result a driver produced. The driver prints it last
+// ("digest <hex>"); scripts/sanitize runs each driver under every schedule and two poison
+// bytes and requires the same digest: deterministic kernels are bit-identical under all.
+inline uint64_t g_digest = 0xcbf29ce484222325ull;
+template <typename V>
+void digest(const V& v) {
+  const auto* p = reinterpret_cast<const unsigned char*>(v.data());
+  for (size_t i = 0; i < v.size() * sizeof(v[0]); ++i) g_digest = (g_digest ^ p[i]) * 0x100000001b3ull;
+}
+inline void print_digest() { std::printf("digest %016llx\n", (unsigned long long)g_digest); }
+
+// Scratch buffers handed to launchers start as the harness's poison byte (initcheck): a
+// kernel that reads a scratch element before writing it gives a result that depends on it.
+#ifndef __CUDACC__
+template <typename V>
+void poison(V& v) {
+  std::memset(static_cast<void*>(v.data()), nk_harness::poison_byte(), v.size() * sizeof(v[0]));
+}
+#endif

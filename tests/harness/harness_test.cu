@@ -3,13 +3,17 @@
 // and runs it; nvcc compiles it too, so the kernels stay valid CUDA.
 //
 // Usage: harness_test            run every test, print "N passed, M failed"
-//        harness_test <name>     run one misbehaving kernel that must abort (oob, deadlock)
+//        harness_test <name>     run one misbehaving kernel that must be reported (oob_shared,
+//                                oob_global, deadlock, race, async_no_wait, uninit_shared);
+//                                tests/test_harness.py checks how each is reported
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
 
+#include "nk_mma.cuh"
 #include "nk_runtime.cuh"
 #include "check.h"
 
@@ -111,6 +115,48 @@ __global__ void deadlock_kernel(float* out) {
   if (threadIdx.x < 16) __syncwarp(0xffffffffu);  // lanes 16..31 never arrive
   out[threadIdx.x] = 1.0f;
 }
+// Two warps swap values through shared memory with no barrier between the write and the
+// read: a data race (racecheck), and a read of what no thread has written yet (initcheck).
+__global__ void race_kernel(float* out) {
+  __shared__ float s[64];
+  s[threadIdx.x] = (float)threadIdx.x;
+  out[threadIdx.x] = s[(threadIdx.x + 32) % 64];  // the __syncthreads before this is missing
+}
+// ldmatrix reads a cp.async stage that no cp.async.wait_group has waited for.
+__global__ void async_no_wait_kernel(const uint16_t* src, uint32_t* out) {
+  __shared__ __align__(16) uint16_t s[32][8];
+  cp_async_cg_16(&s[threadIdx.x][0], src + threadIdx.x * 8);
+  cp_async_commit();
+  __syncthreads();  // the cp_async_wait<0>() before this is missing
+  out[threadIdx.x] = ldmatrix_x1(&s[threadIdx.x % 8][0]);
+}
+// Writes half of a shared array and reads all of it: the result depends on the poison byte.
+__global__ void uninit_shared_kernel(float* out) {
+  __shared__ float s[64];
+  if (threadIdx.x < 32) s[threadIdx.x] = 1.0f;
+  __syncthreads();
+  out[threadIdx.x] = s[threadIdx.x];
+}
+// Reads its cp.async destination before any wait, after wait_group 1 (group 0 landed), and
+// the newest group, still in flight, after it.
+__global__ void async_groups_kernel(const uint16_t* src, uint32_t* out) {
+  __shared__ __align__(16) uint16_t s[2][32][8];
+  const int l = threadIdx.x;
+  cp_async_cg_16(&s[0][l][0], src + l * 8);
+  out[l] = *reinterpret_cast<const uint32_t*>(&s[0][l][0]);  // own chunk, before any wait
+  cp_async_commit();
+  cp_async_cg_16(&s[1][l][0], src + l * 8);
+  cp_async_commit();
+  cp_async_wait<1>();
+  out[32 + l] = *reinterpret_cast<const uint32_t*>(&s[0][l][0]);
+  out[64 + l] = *reinterpret_cast<const uint32_t*>(&s[1][l][0]);
+  cp_async_wait<0>();
+}
+// Records the order in which threads pass a warp barrier, which the schedule decides.
+__global__ void schedule_order_kernel(int* order, int* counter) {
+  __syncwarp();
+  order[atomicAdd(counter, 1)] = threadIdx.x;
+}
 
 // ---------------------------------------------------------------------------------------
 // Host side (test driver; runs on the CPU through the harness)
@@ -197,8 +243,64 @@ static bool test_launch_errors() {
   CHECK(launch_kernel(early_exit_kernel, dim3(1), dim3(2048), 0, nullptr, out.data()) == cudaErrorInvalidConfiguration, "2048 threads accepted");
   CHECK(cudaGetLastError() == cudaSuccess, "error not cleared");
   CHECK(launch_kernel(reverse_kernel, dim3(1), dim3(32), 1u << 20, nullptr, out.data(), out.data()) == cudaErrorInvalidValue, "1 MiB shared accepted");
+  CHECK(launch_kernel(early_exit_kernel, dim3(1, 65536), dim3(32), 0, nullptr, out.data()) == cudaErrorInvalidConfiguration,
+        "grid.y = 65536 accepted");
+  CHECK(launch_kernel(early_exit_kernel, dim3(1), dim3(1, 1, 65), 0, nullptr, out.data()) == cudaErrorInvalidConfiguration,
+        "blockDim.z = 65 accepted");
+  // Above 48 KB of dynamic shared memory a GPU launch needs the opt-in, up to 163 KB (A100).
+  const cudaError_t no_opt_in = launch_kernel(reverse_kernel, dim3(1), dim3(32), 64 << 10, nullptr, out.data(), out.data());
+  CHECK(no_opt_in == cudaErrorInvalidValue && std::strstr(cudaGetErrorString(no_opt_in), "cudaFuncSetAttribute") &&
+            std::strstr(cudaGetErrorString(no_opt_in), "reverse_kernel"),
+        "64 KB without the opt-in: %s", cudaGetErrorString(no_opt_in));
+  CHECK(cudaFuncSetAttribute(reverse_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 << 10) == cudaErrorInvalidValue,
+        "a 200 KB opt-in accepted");
+  CHECK(cudaGetLastError() == cudaErrorInvalidValue, "the refused opt-in left no error to read, as CUDA does");
+  CHECK(cudaFuncSetAttribute(reverse_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 << 10) == cudaSuccess, "opt-in refused");
+  const cudaError_t opted_in = launch_kernel(reverse_kernel, dim3(1), dim3(32), 64 << 10, nullptr, out.data(), out.data());
+  CHECK(opted_in == cudaSuccess, "64 KB refused after the opt-in: %s", cudaGetErrorString(opted_in));
+  CHECK(launch_kernel(reverse_kernel, dim3(1), dim3(32), (64 << 10) + 16, nullptr, out.data(), out.data()) == cudaErrorInvalidValue,
+        "more than the opt-in accepted");
   return true;
 }
+
+#ifndef __CUDACC__  // the harness's modes: host code that nvcc has no counterpart for
+// The schedule decides the order in which threads pass a point between barriers: round-robin
+// moves the warps in lockstep, warp-serial finishes one warp before the next runs.
+static bool test_schedule() {
+  std::vector<int> order(64, -1), counter(1, 0), want;
+  CHECK(launch_kernel(schedule_order_kernel, dim3(1), dim3(64), 0, nullptr, order.data(), counter.data()) == cudaSuccess, "launch");
+  auto span = [&](int lo, int hi) { for (int i = lo; i <= hi; ++i) want.push_back(i); };
+  // The last lane to reach __syncwarp completes it and runs on; the others follow.
+  switch (nk_harness::config().schedule) {
+    case nk_harness::Schedule::round_robin: want = {31, 63}; span(0, 30); span(32, 62); break;
+    case nk_harness::Schedule::warp_serial: want = {31}; span(0, 30); want.push_back(63); span(32, 62); break;
+    case nk_harness::Schedule::warp_serial_reversed: want = {63}; span(32, 62); want.push_back(31); span(0, 30); break;
+    case nk_harness::Schedule::random: want = order; std::sort(want.begin(), want.end()); break;
+  }
+  if (nk_harness::config().schedule == nk_harness::Schedule::random) {
+    for (int i = 0; i < 64; ++i) CHECK(want[i] == i, "random schedule: thread %d missing", i);
+  } else {
+    for (int i = 0; i < 64; ++i) CHECK(order[i] == want[i], "position %d: thread %d, want %d", i, order[i], want[i]);
+  }
+  return true;
+}
+
+// cp.async lands at the wait that covers its group: before it, its destination holds NaN.
+static bool test_async_copies() {
+  if (nk_harness::config().async == nk_harness::AsyncCopies::immediate) return true;
+  std::vector<uint16_t> src(32 * 8);
+  for (size_t i = 0; i < src.size(); ++i) src[i] = (uint16_t)(i + 1);
+  std::vector<uint32_t> out(32 * 3);
+  CHECK(launch_kernel(async_groups_kernel, dim3(1), dim3(32), 0, nullptr, (const uint16_t*)src.data(), out.data()) == cudaSuccess,
+        "launch");
+  for (int l = 0; l < 32; ++l) {
+    CHECK(out[l] == 0xffffffffu, "lane %d saw %08x before any wait", l, out[l]);
+    CHECK(out[32 + l] == ((uint32_t)src[l * 8] | (uint32_t)src[l * 8 + 1] << 16), "lane %d: group 0 not landed", l);
+    CHECK(out[64 + l] == 0xffffffffu, "lane %d: group 1 landed at wait_group 1", l);
+  }
+  return true;
+}
+#endif
 
 // Storage types: every bf16 and half survives a round trip through float, and float->half/
 // bf16 rounding is to nearest even (checked against exact midpoints).
@@ -226,12 +328,26 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[1], "oob_shared")) launch_kernel(oob_shared_kernel, dim3(1), dim3(33), 0, nullptr, b.data());
     else if (!std::strcmp(argv[1], "oob_global")) launch_kernel(oob_global_kernel, dim3(1), dim3(64), 0, nullptr, (const float*)a.data(), b.data());
     else if (!std::strcmp(argv[1], "deadlock")) launch_kernel(deadlock_kernel, dim3(1), dim3(32), 0, nullptr, b.data());
-    else return 2;
+    else if (!std::strcmp(argv[1], "race")) launch_kernel(race_kernel, dim3(1), dim3(64), 0, nullptr, b.data());
+    else if (!std::strcmp(argv[1], "uninit_shared")) {
+      launch_kernel(uninit_shared_kernel, dim3(1), dim3(64), 0, nullptr, b.data());
+      std::printf("out[63] = %g\n", b[63]);
+    } else if (!std::strcmp(argv[1], "async_no_wait")) {
+      std::vector<uint16_t> src(32 * 8, 1);
+      std::vector<uint32_t> out(32);
+      launch_kernel(async_no_wait_kernel, dim3(1), dim3(32), 0, nullptr, (const uint16_t*)src.data(), out.data());
+    } else {
+      return 2;
+    }
     std::printf("misbehaving kernel %s completed\n", argv[1]);
     return 0;
   }
   bool (*tests[])() = {test_reduction, test_shuffle, test_vote, test_atomic, test_transpose,
-                       test_dynamic_shared_and_exit, test_launch_errors, test_half_bf16};
+                       test_dynamic_shared_and_exit, test_launch_errors, test_half_bf16,
+#ifndef __CUDACC__
+                       test_schedule, test_async_copies
+#endif
+  };
   for (auto t : tests) (t() ? g_passed : g_failed)++;
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed ? 1 : 0;

@@ -5,14 +5,15 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <vector>
 
 #include "../../csrc/layernorm.cu"
+#include "check.h"
 
 namespace {
 
-int g_failed = 0, g_passed = 0;
 
 // One shape: forward with (optionally) a residual, then backward; float32 so the reference
 // comparison can be tight.
@@ -37,6 +38,7 @@ void run_case(int64_t rows, int64_t cols, int64_t row_stride, bool residual, boo
   for (auto* v : {&dy, &ds})
     for (float& e : *v) e = normal(rng);
   std::vector<float> ws(nk_cpu::layernorm_bwd_workspace_floats(rows, cols, 3));
+  poison(ws);
   const float* xs = residual ? s.data() : x.data();
   const int64_t xs_stride = residual ? cols : row_stride;
   nk::LayerNormBwdParams bp{dy.data(), cols, xs, xs_stride, residual ? ds.data() : nullptr, cols, w.data(),
@@ -47,6 +49,7 @@ void run_case(int64_t rows, int64_t cols, int64_t row_stride, bool residual, boo
     ++g_failed;
     return;
   }
+  for (auto* v : {&y, &s, &mean, &rstd, &dx, &dw, &db}) digest(*v);
   double worst = 0.0;
   std::vector<double> rdw(cols, 0.0), rdb(cols, 0.0);
   for (int64_t i = 0; i < rows; ++i) {
@@ -104,11 +107,13 @@ void run_bounds_case(int64_t rows, int64_t cols, int64_t row_stride, bool residu
                             y.data(), residual ? s.data() : nullptr, mean.data(), rstd.data(), rows, cols, 1e-5f,
                             dtype};
   std::vector<float> ws(nk_cpu::layernorm_bwd_workspace_floats(rows, cols, 3));
+  poison(ws);
   nk::LayerNormBwdParams bp{dy.data(), cols, residual ? s.data() : x.data(), residual ? cols : row_stride,
                             residual ? ds.data() : nullptr, cols, w.data(), mean.data(), rstd.data(), dx.data(),
                             dw.data(), db.data(), ws.data(), rows, cols, 3, dtype};
   const char* err = nk_cpu::layernorm_forward(fp, nullptr);
   if (!err) err = nk_cpu::layernorm_backward(bp, nullptr);
+  for (auto* v : {&y, &s, &dx, &dw, &db}) digest(*v);
   bool finite = true;
   for (auto* v : {&y, &dx, &dw, &db})
     for (T e : *v) finite &= std::isfinite(nk_cpu::to_float(e));
@@ -123,9 +128,14 @@ void run_bounds_case(int64_t rows, int64_t cols, int64_t row_stride, bool residu
 
 }  // namespace
 
-int main() {
-  for (int64_t rows : {1, 7, 33})
-    for (int64_t cols : {1, 3, 48, 100, 1000, 1028, 4097})
+// Usage: layernorm_test [quick]. quick: one shape per kernel variant (a warp per row with
+// both vector widths, a block per row), for scripts/sanitize's ThreadSanitizer run.
+int main(int argc, char** argv) {
+  const bool quick = argc > 1 && !std::strcmp(argv[1], "quick");
+  const std::vector<int64_t> all_rows = {1, 7, 33}, all_cols = {1, 3, 48, 100, 1000, 1028, 4097};
+  const std::vector<int64_t> quick_rows = {7}, quick_cols = {3, 48, 1028};
+  for (int64_t rows : quick ? quick_rows : all_rows)
+    for (int64_t cols : quick ? quick_cols : all_cols)
       for (bool residual : {false, true}) {
         run_case(rows, cols, cols, residual, !residual);
         run_case(rows, cols, cols + 4, residual, residual);  // padded rows, still 16-byte aligned
@@ -135,5 +145,6 @@ int main() {
         }
       }
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
+  print_digest();
   return g_failed ? 1 : 0;
 }

@@ -11,6 +11,9 @@
 //
 // Usage: mlp_test                    run every test, print error statistics and
 //                                    "N passed, M failed"
+//        mlp_test quick [TEST...]    the named tests (default: all) on one case that runs 13
+//                                    k-tiles through the 3 stages and on the large-tile case,
+//                                    two epilogues, every layout: for scripts/sanitize's TSan run
 //        mlp_test time M K N [path]  time one fp16 x W^T GEMM with the bias_gelu epilogue;
 //                                    path: auto (default), large, small, unaligned
 
@@ -128,6 +131,7 @@ struct Stats {
   long outputs = 0, gemms = 0;
 };
 Stats g_stats[3];
+bool g_quick = false;
 
 const char* epilogue_name(nk::Epilogue e) {
   switch (e) {
@@ -202,6 +206,8 @@ bool check_gemm(bool a_kc, bool b_kc, nk::Epilogue ep, nk::Gelu form, const Case
   const char* err = gemm_on_path(p, nullptr, c.path);
   CHECK(err == nullptr, "%s: %s", what, err);
   CHECK(padding_intact(d) && padding_intact(d2), "%s: wrote outside D or D2", what);
+  digest(d.buf);
+  digest(d2.buf);
   if (!use_d2)
     for (const T& v : d2.buf) CHECK(is_nan_bits(v), "%s: wrote D2, which it should not", what);
 
@@ -215,8 +221,12 @@ bool check_gemm(bool a_kc, bool b_kc, nk::Epilogue ep, nk::Gelu form, const Case
         g += t;
         abs_sum += std::fabs(t);
       }
-      // An fp32 sum of k products (exact: 16-bit inputs) plus a bias, in any order.
-      const double acc_err = (c.k + 2) * 0x1p-24 * (abs_sum + (use_bias ? std::fabs(bias.at(0, j)) : 0.0));
+      // An fp32 sum of k products (exact: 16-bit inputs) plus a bias, in any order, each
+      // addition off by at most one unit of error: 2^-23 relative on tensor cores, whose fp32
+      // accumulation truncates (rounds toward zero) on A100 and H100, 2^-24 in the fp32 SIMT
+      // kernel's rounded FMAs. A round-to-nearest bound would be too tight on the GPU.
+      const double unit = dt == nk::DType::f32 ? 0x1p-24 : 0x1p-23;
+      const double acc_err = (c.k + 2) * unit * (abs_sum + (use_bias ? std::fabs(bias.at(0, j)) : 0.0));
       const double got = to_float(d.buf[d.index(i, j)]);
       double want = g, tol = 0.0, want2 = 0.0, tol2 = 0.0;
       switch (ep) {
@@ -266,9 +276,12 @@ bool test_gemm() {
       for (nk::Epilogue ep : eps)
         for (nk::Gelu form : {nk::Gelu::erf, nk::Gelu::tanh}) {
           if (form == nk::Gelu::tanh && (ep == nk::Epilogue::none || ep == nk::Epilogue::bias)) continue;
-          for (const Case& c : kCases)
+          for (const Case& c : kCases) {
+            if (g_quick && (c.k != 400 || form != nk::Gelu::erf || ep == nk::Epilogue::none || ep == nk::Epilogue::bias))
+              continue;
             if ((form == nk::Gelu::erf || c.tanh) && !check_gemm<T>(a_kc, b_kc, ep, form, c, ++variant % 2 == 0, rng))
               return false;
+          }
         }
   for (bool a_kc : {true, false})
     for (bool b_kc : {true, false})
@@ -322,12 +335,14 @@ bool check_column_sum(int64_t rows, int64_t cols, bool padded, std::mt19937& rng
   Mat<T> x = make_mat<T>(rows, cols, true, padded, 0);
   fill(x, rng, -1.0f, 1.0f);
   avec<T> out((size_t)cols, nan_of<T>()), again((size_t)cols, nan_of<T>());
-  std::vector<float> ws((size_t)column_sum_workspace_floats(rows, cols), NAN);
+  std::vector<float> ws((size_t)column_sum_workspace_floats(rows, cols));
+  poison(ws);
   const char* err = column_sum(x.ptr(), x.ld, rows, cols, out.data(), ws.data(), dt, nullptr);
   CHECK(err == nullptr, "%s %ldx%ld: %s", dtype_name(dt), (long)rows, (long)cols, err);
   for (float& w : ws) w = 12345.0f;
   err = column_sum(x.ptr(), x.ld, rows, cols, again.data(), ws.data(), dt, nullptr);
   CHECK(err == nullptr, "%s %ldx%ld: %s", dtype_name(dt), (long)rows, (long)cols, err);
+  digest(out);
   const double u = unit_roundoff(dt);
   Stats& st = g_stats[(int)dt];
   for (int64_t j = 0; j < cols; ++j) {
@@ -400,7 +415,15 @@ int main(int argc, char** argv) {
   };
   const Test tests[] = {{"gemm_arguments", test_gemm_arguments}, {"column_sum", test_column_sum},
                         {"gemm_f32", test_gemm_f32}, {"gemm_f16", test_gemm_f16}, {"gemm_bf16", test_gemm_bf16}};
+  g_quick = argc > 1 && !std::strcmp(argv[1], "quick");
+  auto chosen = [&](const char* name) {
+    if (argc <= 2) return true;
+    for (int i = 2; i < argc; ++i)
+      if (!std::strcmp(argv[i], name)) return true;
+    return false;
+  };
   for (const Test& t : tests) {
+    if (!chosen(t.name)) continue;
     const auto t0 = std::chrono::steady_clock::now();
     const bool ok = t.fn();
     (ok ? g_passed : g_failed)++;
@@ -414,5 +437,6 @@ int main(int argc, char** argv) {
                 dtype_name(dt), st.gemms, st.outputs, st.ratio, st.abs_d, st.abs_d2, st.sum_ratio);
   }
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
+  print_digest();
   return g_failed ? 1 : 0;
 }
