@@ -291,7 +291,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) gemm_tc_kernel
   // whole rows rather than the 4-byte pairs of mma's C layout, 8 rows apart. D first; the D2
   // values wait in the accumulators meanwhile, then take the same route.
   // C layout of m16n8: c0 c1 at (g, 2t), (g, 2t + 1), c2 c3 eight rows below.
-  if constexpr (kAsync) cp_async_wait<0>();  // only empty groups are left; the stages get reused
+  // Only empty groups are still in flight, so no test can see this wait go; it keeps the
+  // stages' reuse below safe should the loop ever exit with a k-tile in flight.
+  if constexpr (kAsync) cp_async_wait<0>();  // mutation: equivalent: only empty groups are in flight here
   __syncthreads();                           // every warp is done with the stages
   constexpr int kCLd = Cfg::BN + kPad;  // 272- or 144-byte rows: the pair writes below hit 32 banks
   static_assert(Cfg::BM * kCLd <= Cfg::STAGES * (A::kElems + B::kElems), "the D tile fits in the stages");

@@ -1,6 +1,7 @@
 """The MLP's GEMM-with-epilogue and column-sum kernels (csrc/mlp.cu) without torch:
-tests/harness/mlp_test.cu run on the CPU harness (plain and under AddressSanitizer) against a
-double reference, and mlp.cu compiled by nvcc with the real build's flags for sm_80 and
+tests/harness/mlp_test.cu runs on the CPU harness against a double reference under every mode
+of scripts/sanitize (tests/test_sanitize.py: every schedule, AddressSanitizer,
+ThreadSanitizer), and mlp.cu compiled by nvcc with the real build's flags for sm_80 and
 sm_90a: no spills, shared memory within the per-block limits, and SASS that proves the
 fp16/bf16 kernels are the tensor-core code the harness ran (HMMA.16816, LDSM, LDGSTS) while the
 fp32 kernel stays off the tensor cores (no TF32)."""
@@ -9,18 +10,10 @@ import re
 import pytest
 
 from nanogpt_kernels._compile_check import SHARED_LIMITS, _demangle, _parse_ptxas
-from test_harness import build, nvcc_object, run
+from test_harness import nvcc_object
 from test_harness_mma import sass_by_function
 
-SOURCE = "tests/harness/mlp_test.cu"
 ARCHS = ("sm_80", "sm_90a")
-N_TESTS = 5
-
-
-@pytest.mark.parametrize("asan", [False, True], ids=["plain", "asan"])
-def test_mlp_kernels_on_harness(tmp_path_factory, asan):
-    result = run(build(tmp_path_factory, SOURCE, asan=asan))
-    assert result.returncode == 0 and f"{N_TESTS} passed, 0 failed" in result.stdout, result.stdout + result.stderr
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,13 @@ kernel's source line; scripts/mutate's fast subset (every barrier, wait and comm
 in the attention and GEMM main loops) is killed to the last mutant."""
 import pathlib
 import re
+import runpy
 import shutil
 import subprocess
 import sys
 
 import pytest
+from test_harness import build, run
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -72,3 +74,15 @@ def test_mutation_fast_subset_is_all_killed(tmp_path):
     text = report.read_text()
     total = re.search(r"(\d+) mutants, (\d+) killed, 0 survived", text)
     assert total and int(total.group(1)) >= 15, text
+
+
+def test_launch_bounds_from_nvcc_are_enforced(tmp_path, tmp_path_factory):
+    """A kernel compiled with __launch_bounds__(64) and launched with 128 threads fails in the
+    harness as on the GPU, once sanitize has read the bound from nvcc's PTX."""
+    sanitize = runpy.run_path(str(ROOT / "scripts" / "sanitize"))
+    bounds = sanitize["launch_bounds"](sanitize["tree"](ROOT / "csrc", tmp_path), tmp_path)
+    assert "bounded_kernel" in bounds.read_text() and "6nk_cpu" in bounds.read_text()
+    binary = build(tmp_path_factory, "tests/harness/harness_test.cu")
+    result = run(binary, "launch_bounds", env={"NK_HARNESS_LAUNCH_BOUNDS": str(bounds)})
+    assert result.returncode != 0 and "__launch_bounds__ (64)" in result.stdout, result.stdout + result.stderr
+    assert run(binary, "launch_bounds").returncode == 0  # without the table the harness cannot know

@@ -315,7 +315,7 @@ struct Bookkeeping {
 // shared memory unpoisoned.
 
 struct KernelInfo {
-  std::string name;
+  std::string name, mangled;
   std::vector<std::pair<char*, size_t>> statics;
 };
 
@@ -365,6 +365,7 @@ inline KernelInfo read_kernel_info(const void* kernel) {
         if (ELF64_ST_TYPE(syms[j].st_info) == STT_FUNC && syms[j].st_value == target)
           mangled = strtab + syms[j].st_name;
       if (mangled.empty()) continue;
+      info.mangled = mangled;
       info.name = demangle(mangled.c_str());
       if (mangled.rfind("_Z", 0) != 0) break;  // extern "C": no static of its own can be named
       const std::string prefix = "_ZZ" + mangled.substr(2) + "E";
@@ -965,8 +966,31 @@ inline std::mutex& launch_mutex() {
   return m;
 }
 
-// Whether a launch would fail on the GPU: dimensions and dynamic shared memory.
-inline std::string launch_problem(const void* kernel, dim3 grid, dim3 block, size_t smem_bytes) {
+// The maximum block size of each kernel (by mangled name, as the harness build names it) that
+// its __launch_bounds__ sets, read from the file NK_HARNESS_LAUNCH_BOUNDS names: lines of
+// "<mangled name> <threads>". The attribute leaves no trace in a host build, so scripts/sanitize
+// writes the file from the .maxntid directives of nvcc's PTX of the same source.
+inline const std::map<std::string, unsigned long>& launch_bounds() {
+  static const std::map<std::string, unsigned long> bounds = [] {
+    std::map<std::string, unsigned long> m;
+    const char* path = std::getenv("NK_HARNESS_LAUNCH_BOUNDS");
+    if (!path || !*path) return m;
+    FILE* f = std::fopen(path, "r");
+    if (!f) {
+      std::fprintf(stderr, "nk_harness: NK_HARNESS_LAUNCH_BOUNDS=%s cannot be read\n", path);
+      std::exit(2);
+    }
+    char name[4096];
+    unsigned long n;
+    while (std::fscanf(f, "%4095s %lu", name, &n) == 2) m[name] = n;
+    std::fclose(f);
+    return m;
+  }();
+  return bounds;
+}
+
+// Whether a launch would fail on the GPU: dimensions, __launch_bounds__, dynamic shared memory.
+inline std::string launch_problem(const void* kernel, const KernelInfo& info, dim3 grid, dim3 block, size_t smem_bytes) {
   const unsigned long long nthreads = 1ull * block.x * block.y * block.z;
   auto dims = [](dim3 d) {
     return "(" + std::to_string(d.x) + ", " + std::to_string(d.y) + ", " + std::to_string(d.z) + ")";
@@ -976,6 +1000,10 @@ inline std::string launch_problem(const void* kernel, dim3 grid, dim3 block, siz
     return "block " + dims(block) + ": at most 1024 threads, (1024, 1024, 64) per dimension";
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > kMaxGridX || grid.y > kMaxGridYZ || grid.z > kMaxGridYZ)
     return "grid " + dims(grid) + ": each dimension at least 1, x at most 2^31 - 1, y and z at most 65535";
+  const auto& bounds = launch_bounds();
+  if (const auto b = bounds.find(info.mangled); b != bounds.end() && nthreads > b->second)
+    return "block " + dims(block) + ": " + std::to_string(nthreads) + " threads, more than the kernel's __launch_bounds__ (" +
+           std::to_string(b->second) + ")";
   const auto& opt = dynamic_smem_opt_in();
   const auto it = opt.find(kernel);
   const size_t allowed = std::max(kDefaultSharedBytesPerBlock, it == opt.end() ? 0 : it->second);
@@ -993,7 +1021,7 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem_bytes, 
   std::lock_guard<std::mutex> lock(launch_mutex());
   const void* key = reinterpret_cast<const void*>(kernel);
   const KernelInfo& info = kernel_info(key);
-  const std::string problem = launch_problem(key, grid, block, smem_bytes);
+  const std::string problem = launch_problem(key, info, grid, block, smem_bytes);
   if (!problem.empty()) {
     const bool dims = problem.rfind("block", 0) == 0 || problem.rfind("grid", 0) == 0;
     set_error(dims ? cudaErrorInvalidConfiguration : cudaErrorInvalidValue,

@@ -4,7 +4,8 @@
 //
 // Usage: harness_test            run every test, print "N passed, M failed"
 //        harness_test <name>     run one misbehaving kernel that must be reported (oob_shared,
-//                                oob_global, deadlock, race, async_no_wait, uninit_shared);
+//                                oob_global, deadlock, race, async_no_wait, uninit_shared,
+//                                launch_bounds);
 //                                tests/test_harness.py checks how each is reported
 
 #include <algorithm>
@@ -152,6 +153,8 @@ __global__ void async_groups_kernel(const uint16_t* src, uint32_t* out) {
   out[64 + l] = *reinterpret_cast<const uint32_t*>(&s[1][l][0]);
   cp_async_wait<0>();
 }
+// Compiled for at most 64 threads per block, launched with 128 by "launch_bounds".
+__global__ void __launch_bounds__(64) bounded_kernel(float* out) { out[threadIdx.x] = 1.0f; }
 // Records the order in which threads pass a warp barrier, which the schedule decides.
 __global__ void schedule_order_kernel(int* order, int* counter) {
   __syncwarp();
@@ -329,6 +332,12 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[1], "oob_global")) launch_kernel(oob_global_kernel, dim3(1), dim3(64), 0, nullptr, (const float*)a.data(), b.data());
     else if (!std::strcmp(argv[1], "deadlock")) launch_kernel(deadlock_kernel, dim3(1), dim3(32), 0, nullptr, b.data());
     else if (!std::strcmp(argv[1], "race")) launch_kernel(race_kernel, dim3(1), dim3(64), 0, nullptr, b.data());
+    else if (!std::strcmp(argv[1], "launch_bounds")) {
+      std::vector<float> wide(128);
+      const cudaError_t err = launch_kernel(bounded_kernel, dim3(1), dim3(128), 0, nullptr, wide.data());
+      std::printf("%s\n", cudaGetErrorString(err));
+      return err == cudaSuccess ? 0 : 1;
+    }
     else if (!std::strcmp(argv[1], "uninit_shared")) {
       launch_kernel(uninit_shared_kernel, dim3(1), dim3(64), 0, nullptr, b.data());
       std::printf("out[63] = %g\n", b[63]);
