@@ -28,27 +28,31 @@ def test_every_kernel_is_clean_in_every_mode():
     assert result.stdout.splitlines()[-1].startswith("sanitize: 5 driver(s)"), result.stdout[-2000:]
 
 
-# name -> (file, statement, its mutation, driver): the bugs that the harness let through
-# before it deferred copies and ran warps out of lockstep.
+# name -> (file, the line's text, the code in it, its mutation, driver): the bugs that the
+# harness let through before it deferred copies and ran warps out of lockstep.
 INJECTED = {
     "attention forward waits one group short": (
-        "attention.cu", "cp_async_wait<1>();  // all but the newest group landed", "cp_async_wait<2>();", "attention"),
+        "attention.cu", "// all but the newest group landed", "cp_async_wait<1>();", "cp_async_wait<2>();", "attention"),
     "GEMM waits one group short": (
-        "mlp.cu", "cp_async_wait<Cfg::STAGES - 2>();", "cp_async_wait<Cfg::STAGES - 1>();", "mlp"),
+        "mlp.cu", "cp_async_wait<Cfg::STAGES - 2>();", "cp_async_wait<Cfg::STAGES - 2>();",
+        "cp_async_wait<Cfg::STAGES - 1>();", "mlp"),
     "attention forward without its stage barrier": (
-        "attention.cu", "__syncthreads();  // the next iteration's copies overwrite", ";", "attention"),
+        "attention.cu", "// the next iteration's copies overwrite", "__syncthreads();", ";", "attention"),
 }
 
 
 @pytest.mark.parametrize("name", list(INJECTED))
 def test_injected_hazard_is_reported_with_its_source_line(tmp_path, name):
-    file, statement, mutation, driver = INJECTED[name]
+    file, anchor, code, mutation, driver = INJECTED[name]
     csrc = tmp_path / "csrc"
     shutil.copytree(ROOT / "csrc", csrc)
-    text = (csrc / file).read_text()
-    assert text.count(statement) == 1, f"{statement!r} is no longer in csrc/{file} exactly once"
-    (csrc / file).write_text(text.replace(statement, mutation))
-    result = script("sanitize", "--csrc", str(csrc), "--modes", "schedules", "--stop-at-first", "--jobs", "1", driver)
+    lines = (csrc / file).read_text().splitlines(keepends=True)
+    at = [i for i, line in enumerate(lines) if anchor in line and code in line]
+    assert len(at) == 1, f"no single line of csrc/{file} holds {anchor!r} and {code!r}"
+    lines[at[0]] = lines[at[0]].replace(code, mutation)
+    (csrc / file).write_text("".join(lines))
+    result = script("sanitize", "--csrc", str(csrc), "--modes", "schedules", "--stop-at-first", "--no-launch-bounds",
+                    "--jobs", "1", driver)
     assert result.returncode != 0, result.stdout
     assert "nk_harness: " in result.stdout and re.search(rf"at \S*/csrc/{re.escape(file)}:\d+", result.stdout), result.stdout
 
@@ -62,7 +66,7 @@ def test_sanitize_reports_a_deliberately_racy_kernel(tmp_path):
     barriers = [m.start() for m in re.finditer(r"__syncthreads\(\);", text)]
     assert barriers, "csrc/layernorm.cu has no __syncthreads to remove"
     (csrc / "layernorm.cu").write_text(text[:barriers[0]] + ";" + text[barriers[0] + len("__syncthreads();"):])
-    result = script("sanitize", "--csrc", str(csrc), "--modes", "tsan", "--jobs", "1", "layernorm")
+    result = script("sanitize", "--csrc", str(csrc), "--modes", "tsan", "--no-launch-bounds", "--jobs", "1", "layernorm")
     assert result.returncode != 0, result.stdout
     assert "WARNING: ThreadSanitizer: data race" in result.stdout and "/csrc/layernorm.cu:" in result.stdout, result.stdout
 
