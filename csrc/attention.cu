@@ -723,7 +723,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_f32_kernel(nk::AttentionFwd
 #pragma unroll
       for (int e = 0; e < DQ; ++e) o[e] = fmaf(pj, sV[j * LD + c + 4 * e], o[e]);
     }
-    __syncwarp();  // sP is rewritten by the next block
+    // No barrier here: sP is rewritten only after the next block's first __syncthreads.
   }
   row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 1);
   row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 2);
@@ -782,7 +782,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_f32_kernel(nk::Attention
 #pragma unroll
       for (int e = 0; e < DQ; ++e) dq[e] = fmaf(dsj, sK[j * LD + c + 4 * e], dq[e]);
     }
-    __syncwarp();
+    // No barrier here: sS is rewritten only after the next block's first __syncthreads.
   }
   if (row < seqlen) {
     float* out = hd.at<float>(p.dq) + (int64_t)row * p.dq.stride_t;
@@ -852,7 +852,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_f32_kernel(nk::Attenti
         dk[e] = fmaf(si, sQ[i * LD + c + 4 * e], dk[e]);
       }
     }
-    __syncwarp();
+    // No barrier here: sP and sS are rewritten only after the next block's first __syncthreads.
   }
   if (key < seqlen) {
     const float mv = dropout ? p.dropout_scale : 1.0f;

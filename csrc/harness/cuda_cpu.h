@@ -39,7 +39,8 @@
 // launch are not reported.
 // Launch limits are the GPU's: dynamic shared memory above 48 KB needs the
 // cudaFuncSetAttribute opt-in, at most 163 KB (A100, the strictest target), block and grid
-// dimensions within the hardware's limits.
+// dimensions within the hardware's limits, blocks no larger than the kernel's
+// __launch_bounds__ (known from the file NK_HARNESS_LAUNCH_BOUNDS names, see launch_bounds()).
 //
 // Not covered: inline PTX (tensor-core instructions are covered through the wrapper
 // functions of csrc/nk_mma.cuh, which compute their warp-wide results here with
@@ -97,7 +98,6 @@
 extern "C" {
 void* __tsan_get_current_fiber(void);
 void* __tsan_create_fiber(unsigned flags);
-void __tsan_destroy_fiber(void* fiber);
 void __tsan_switch_to_fiber(void* fiber, unsigned flags);
 void __tsan_set_fiber_name(void* fiber, const char* name);
 void __tsan_acquire(void* addr);
@@ -188,9 +188,14 @@ inline void set_error(cudaError_t e, std::string detail) {
 
 [[noreturn]] inline void fatal(const std::string& msg);
 
-// The cudaFuncAttributeMaxDynamicSharedMemorySize opt-in of each kernel.
+// The cudaFuncAttributeMaxDynamicSharedMemorySize opt-in of each kernel, and the lock that
+// launchers on several host threads take to set or read it.
 inline std::map<const void*, size_t>& dynamic_smem_opt_in() {
   static std::map<const void*, size_t> m;
+  return m;
+}
+inline std::mutex& opt_in_mutex() {
+  static std::mutex m;
   return m;
 }
 
@@ -224,6 +229,7 @@ cudaError_t cudaFuncSetAttribute(void (*kernel)(KArgs...), cudaFuncAttribute att
                               std::to_string(nk_harness::kMaxSharedBytesPerBlock) + " bytes an A100 allows");
     return cudaErrorInvalidValue;
   }
+  std::lock_guard<std::mutex> lock(nk_harness::opt_in_mutex());
   nk_harness::dynamic_smem_opt_in()[reinterpret_cast<const void*>(kernel)] = (size_t)value;
   return cudaSuccess;
 }
@@ -1004,9 +1010,12 @@ inline std::string launch_problem(const void* kernel, const KernelInfo& info, di
   if (const auto b = bounds.find(info.mangled); b != bounds.end() && nthreads > b->second)
     return "block " + dims(block) + ": " + std::to_string(nthreads) + " threads, more than the kernel's __launch_bounds__ (" +
            std::to_string(b->second) + ")";
-  const auto& opt = dynamic_smem_opt_in();
-  const auto it = opt.find(kernel);
-  const size_t allowed = std::max(kDefaultSharedBytesPerBlock, it == opt.end() ? 0 : it->second);
+  size_t allowed = kDefaultSharedBytesPerBlock;
+  {
+    std::lock_guard<std::mutex> lock(opt_in_mutex());
+    const auto it = dynamic_smem_opt_in().find(kernel);
+    if (it != dynamic_smem_opt_in().end()) allowed = std::max(allowed, it->second);
+  }
   if (smem_bytes > allowed)
     return std::to_string(smem_bytes) + " bytes of dynamic shared memory: above " + std::to_string(allowed) +
            " a kernel needs cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) "
