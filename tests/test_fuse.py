@@ -221,6 +221,9 @@ def test_hf_unsupported_parts_left_alone_or_fall_back():
     assert not isinstance(model.transformer.h[0].mlp, HFGPT2MLP)
 
     # A padding mask and the KV cache of generate() run the original attention (same parameters).
+    # Not bit-exact: the fused blocks' own GELU-MLP and LayerNorm round differently from
+    # transformers' modules in the last bits (5.24 differs by 1.5e-8), while masked rows that the
+    # fused attention got wrong would differ by ~0.1.
     model = hf_model(seed=6).eval()
     reference = copy.deepcopy(model)
     nk.fuse(model, "eager")
@@ -228,7 +231,7 @@ def test_hf_unsupported_parts_left_alone_or_fall_back():
     mask = torch.ones_like(idx)
     mask[0, :3] = 0
     torch.testing.assert_close(model(input_ids=idx, attention_mask=mask).logits,
-                               reference(input_ids=idx, attention_mask=mask).logits, rtol=0, atol=0)
+                               reference(input_ids=idx, attention_mask=mask).logits, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(model(input_ids=idx).logits, reference(input_ids=idx).logits, rtol=1e-5, atol=1e-5)
     out = model.generate(idx[:, :4], max_new_tokens=5, do_sample=False, pad_token_id=0)
     want = reference.generate(idx[:, :4], max_new_tokens=5, do_sample=False, pad_token_id=0)
