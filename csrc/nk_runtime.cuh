@@ -48,6 +48,10 @@ inline cudaError_t launch_kernel(void (*kernel)(KArgs...), dim3 grid, dim3 block
 // to 65535. Launchers count blocks in int64_t and check the counts against these before
 // narrowing them to dim3's unsigned: a bare cast would wrap and launch a smaller grid.
 constexpr int64_t kMaxGridX = 0x7fffffff, kMaxGridYZ = 65535;
+#ifndef __CUDACC__
+static_assert(kMaxGridX == nk_harness::kMaxGridX && kMaxGridYZ == nk_harness::kMaxGridYZ,
+              "the launchers' grid limits and the harness's must be the same");
+#endif
 
 // float <-> storage type conversions, overloaded so templated kernels read and write any of
 // float, __half, __nv_bfloat16 with one spelling. Rounding is to nearest even everywhere.
