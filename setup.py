@@ -55,8 +55,12 @@ def extensions():
 
     csrc = os.path.join(ROOT, "csrc")
     rel = lambda paths: [os.path.relpath(p, ROOT) for p in paths]  # noqa: E731
-    # ops.cpp (torch) + every kernel file compiled for the CPU harness.
-    sources = rel([os.path.join(csrc, "ops.cpp")] + sorted(glob.glob(os.path.join(csrc, "cpu", "*.cpp"))))
+    # ops.cpp (torch), normal_init_'s host C++ (csrc/host/), and every kernel file compiled
+    # again by the host compiler against the CPU harness (csrc/harness/<op>.cpp). The harness
+    # copies ship in every _C, GPU builds included: backend="cuda" on CPU tensors runs them, and
+    # that is how the test suite executes every CUDA kernel on machines without a GPU.
+    sources = rel([os.path.join(csrc, "ops.cpp")] + sorted(glob.glob(os.path.join(csrc, "host", "*.cpp")))
+                  + sorted(glob.glob(os.path.join(csrc, "harness", "*.cpp"))))
     cxx = flags["CXX_FLAGS"] + ["-Wno-unknown-pragmas"]
     include_dirs = [csrc]
     if not build_cuda:
@@ -80,8 +84,36 @@ def extensions():
     return [ext], cpp_extension
 
 
+def persistent_build_ext(base):
+    """build_ext whose object files live in one folder of the source tree per Python and torch,
+    whatever pip asked for: pip's editable and wheel builds otherwise compile in a fresh
+    temporary folder every time, while a kept folder lets ninja recompile only what changed
+    (ninja also recompiles what a changed flag affects: its log records every command line)."""
+    import torch
+
+    class PersistentBuildExt(base):
+        def finalize_options(self):
+            super().finalize_options()
+            tag = f"cpython-{sys.version_info[0]}{sys.version_info[1]}-torch-{torch.__version__}"
+            self.build_temp = os.path.join(ROOT, "build", f"temp.{tag}")
+
+    return PersistentBuildExt
+
+
+def requirements():
+    """What the built package needs at run time. torch: the version compiled against (its C++
+    ABI changes between releases, so _C loads into that torch only). triton: the minor version
+    the package supports (Linux, where torch ships it). numpy: Triton's interpreter, which runs
+    our Triton kernels on CPU tensors (the `check` command's CPU run), imports it."""
+    import torch
+
+    return [f"torch=={torch.__version__.split('+')[0]}", "numpy",
+            f'triton~={flags["SUPPORTED_TRITON"]}.0; platform_system == "Linux"']
+
+
 exts, cpp_extension = extensions()
 setup(
+    install_requires=requirements(),
     ext_modules=exts,
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(no_python_abi_suffix=False)},
+    cmdclass={"build_ext": persistent_build_ext(cpp_extension.BuildExtension.with_options(no_python_abi_suffix=False))},
 )

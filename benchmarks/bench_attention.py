@@ -2,7 +2,7 @@
 torch.compile, our triton and our cuda, and the peers when installed (flash-attn, Transformer
 Engine's DotProductAttention); forward, backward and forward+backward in TFLOP/s, with peak memory.
 
-    python benchmarks/bench_attention.py [--dtype bfloat16] [--head-dim 64 128] [--out results.json]
+    python -m benchmarks.bench_attention [--dtype bfloat16] [--head-dim 64 128] [--out results.json]
 
 Shapes: nanoGPT's training shape (B=12, n_head=12, T=1024) and a T sweep 512..16384 at 16k
 tokens per batch, for each head_dim. FLOPs count the causal half of the score matrix: forward
@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 import nanogpt_kernels as nk
-from common import Case, Settings, Skip, backend_or_skip, compiled_or_skip, device_banner, peer, run_cases, \
+from .common import Case, Settings, Skip, backend_or_skip, compiled_or_skip, device_banner, peer, run_cases, \
     script_settings, write_results
-from roofline import attention_bytes, attention_flops
+from .roofline import attention_bytes, attention_flops
 
 OPS = ("causal_attention",)
 

@@ -2,7 +2,7 @@
 B=12, T=1024 under bf16 autocast, in tokens/s and MFU, for nanoGPT-equivalent eager PyTorch,
 eager + torch.compile, our fused model on each backend, and fused + torch.compile.
 
-    python benchmarks/bench_e2e.py [--models 124M 350M] [--batch 12] [--seq 1024] [--steps 10]
+    python -m benchmarks.bench_e2e [--models 124M 350M] [--batch 12] [--seq 1024] [--steps 10]
                                    [--quick] [--out results.json]
 
 The model is nanogpt_kernels.GPT / GPTConfig (the reference GPT with a `backend` argument:
@@ -10,8 +10,10 @@ The model is nanogpt_kernels.GPT / GPTConfig (the reference GPT with a `backend`
 same weights (the eager model's state dict) and the same batch. Validation before timing: the
 first step's loss must be within 0.5% of eager's under bf16 autocast (1e-4 relative in float32
 on the CPU). MFU follows nanoGPT's estimate_mfu: 6 N + 12 L H Q T FLOPs per token (N the
-non-embedding parameters), against the datasheet's bf16 dense peak (A100 312, H100 989
-TFLOP/s) and against the bf16 GEMM peak measured at start-up. Without a GPU a tiny model runs
+non-embedding parameters), against the datasheet's bf16 dense peak (benchmarks/gpus.py) and
+against the bf16 GEMM peak measured at start-up. The formula counts attention as
+non-causal (every query against all T keys), twice the FLOPs a causal kernel does: figures
+stay comparable with nanoGPT's and PaLM's MFU, and are higher than the work really done. Without a GPU a tiny model runs
 on the CPU in float32 (smoke mode, not GPU figures).
 """
 from __future__ import annotations
@@ -24,8 +26,8 @@ import time
 
 import torch
 
-from common import Case, NotMeasured, Settings, Skip, device_banner, run_cases, short, write_results
-from roofline import datasheet_peaks, measure_peaks
+from .common import Case, NotMeasured, Settings, Skip, device_banner, run_cases, short, write_results
+from .roofline import datasheet_peaks, measure_peaks
 
 OPS = ("gpt2_train_step",)
 # GPT-2 family: nanoGPT's vocab of 50304 (50257 padded) and block size 1024, no dropout.
@@ -93,7 +95,7 @@ def providers(settings: Settings, api) -> dict:
     if isinstance(api, Skip):
         return {name: api for name in ("eager", "eager+compile", "fused-triton", "fused-cuda",
                                        "fused-triton+compile", "fused-cuda+compile")}
-    from common import backend_unavailable
+    from .common import backend_unavailable
 
     why = {b: backend_unavailable(b, settings.device) for b in ("triton", "cuda")}
     available = [b for b, reason in why.items() if reason is None]
@@ -177,7 +179,8 @@ def _prepare(case: Case, provider: str, settings: Settings) -> dict:
 
 def _timer(case: Case):
     def timer(step, device, reps_ms):
-        """Median of `steps` timed steps after `warmup` ones (CUDA events on a GPU), and peak memory."""
+        """Median of `steps` timed steps after `warmup` ones (CUDA events on a GPU: a training
+        step is long enough for host overhead not to matter), peak memory, and the timer."""
         for _ in range(case.extra["warmup"]):
             step()
         times = []
@@ -197,7 +200,7 @@ def _timer(case: Case):
                 step()
                 times.append(time.perf_counter() - t0)
         peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
-        return sorted(times)[len(times) // 2], peak
+        return sorted(times)[len(times) // 2], peak, "cuda events" if device.type == "cuda" else "cpu wall clock"
     return timer
 
 

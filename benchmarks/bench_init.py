@@ -1,7 +1,7 @@
 """Initialising a whole GPT: init_gpt_ (one launch) against nanoGPT's
 `model.apply(_init_weights)` plus its c_proj loop, and against a per-tensor torch.nn.init loop.
 
-    python benchmarks/bench_init.py [--models 124M 350M 774M 1558M] [--dtype float32] [--out results.json]
+    python -m benchmarks.bench_init [--models 124M 350M 774M 1558M] [--dtype float32] [--out results.json]
 
 Runs on the GPU when there is one, else on the CPU (our multithreaded C++ path; these CPU
 figures are real CPU measurements, not GPU ones). Reports seconds, GB/s written and the
@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 import nanogpt_kernels as nk
-from common import Case, NotMeasured, Settings, backend_or_skip, short
-from roofline import normal_init_bytes
+from .common import Case, NotMeasured, Settings, backend_or_skip, short
+from .roofline import normal_init_bytes
 
 OPS = ("normal_init",)
 

@@ -2,7 +2,7 @@
 when installed (Apex FusedLayerNorm, Liger-Kernel, Transformer Engine, flash-attn's Triton
 LayerNorm); forward, backward and forward+backward, in GB/s against the memory roofline.
 
-    python benchmarks/bench_layernorm.py [--rows 16384] [--hidden 768 1024 1600 4096] [--dtype bfloat16]
+    python -m benchmarks.bench_layernorm [--rows 16384] [--hidden 768 1024 1600 4096] [--dtype bfloat16]
                                          [--out results.json]
 
 Each provider is validated against a float64 reference (outputs and gradients) before it is
@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 import nanogpt_kernels as nk
-from common import (Case, Settings, backend_or_skip, compiled_or_skip, device_banner, peer, run_cases,
-                    script_settings, write_results)
-from roofline import add_layer_norm_bytes, layer_norm_bytes
+from .common import (Case, Settings, backend_or_skip, compiled_or_skip, device_banner, peer, run_cases,
+                     script_settings, write_results)
+from .roofline import add_layer_norm_bytes, layer_norm_bytes
 
 OPS = ("layer_norm", "add_layer_norm")
 EPS = 1e-5

@@ -3,7 +3,7 @@
 FusedDenseGeluDense when installed (tanh GELU only); forward, backward and forward+backward in
 TFLOP/s, with peak memory.
 
-    python benchmarks/bench_mlp.py [--rows 12288] [--hidden 768 1024 1280 1600] [--dtype bfloat16]
+    python -m benchmarks.bench_mlp [--rows 12288] [--hidden 768 1024 1280 1600] [--dtype bfloat16]
                                    [--approximate none] [--out results.json]
 
 GPT-2 shapes: M = 12 x 1024 tokens, C in {768, 1024, 1280, 1600} (small to XL), H = 4C. FLOPs:
@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 import nanogpt_kernels as nk
-from common import Case, Settings, Skip, backend_or_skip, compiled_or_skip, device_banner, peer, run_cases, \
+from .common import Case, Settings, Skip, backend_or_skip, compiled_or_skip, device_banner, peer, run_cases, \
     script_settings, write_results
-from roofline import gelu_mlp_bytes, gelu_mlp_flops
+from .roofline import gelu_mlp_bytes, gelu_mlp_flops
 
 OPS = ("gelu_mlp",)
 

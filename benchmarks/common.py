@@ -22,11 +22,11 @@ import torch
 
 import nanogpt_kernels as nk
 from nanogpt_kernels.testing import max_error, tolerance
-from roofline import MODES, measure_peaks, percent_of_roofline
+from .roofline import MODES, measure_peaks, percent_of_roofline
 
 SMOKE_LABEL = "CPU SMOKE RUN: not GPU figures"
 # Columns every record has, in CSV order; op-specific shape columns (B, H, T, D, rows, ...) follow.
-COLUMNS = ("op", "provider", "mode", "shape", "size", "dtype", "status", "reason", "ms", "TFLOP/s", "GB/s",
+COLUMNS = ("op", "provider", "mode", "shape", "size", "dtype", "status", "reason", "ms", "timer", "TFLOP/s", "GB/s",
            "roofline_pct", "peak_bytes", "flops", "bytes", "valid", "smoke")
 
 
@@ -80,7 +80,7 @@ class Case:
     plot: bool = True
     # Cases that are no autograd op (init, a training step) bring their own:
     prepare: Optional[Callable] = None  # (case, provider, settings) -> {mode: callable}, validated; or NotMeasured
-    timer: Optional[Callable] = None  # (fn, device, reps_ms) -> (seconds, peak bytes); default `timed`
+    timer: Optional[Callable] = None  # (fn, device, reps_ms) -> (seconds, peak bytes, timer); default `timed`
     metrics: Optional[Callable] = None  # (case, record, seconds, settings) -> extra columns of a record
     cleanup: Optional[Callable] = None  # (case, provider) after a provider's timing
     extra: dict = field(default_factory=dict)  # what those need (configs, step counts)
@@ -94,7 +94,7 @@ class Case:
 def record(case: Case, provider: str, mode: str, status: str, settings: Settings, reason: str = "", **values) -> dict:
     row = {"op": case.op, "provider": provider, "mode": mode, "shape": case.label, "size": case.size,
            "dtype": str(case.dtype).removeprefix("torch."), "status": status, "reason": reason,
-           "ms": None, "TFLOP/s": None, "GB/s": None, "roofline_pct": None, "peak_bytes": None,
+           "ms": None, "timer": None, "TFLOP/s": None, "GB/s": None, "roofline_pct": None, "peak_bytes": None,
            "flops": case.flops.get(mode), "bytes": case.bytes.get(mode), "valid": status == "ok",
            "smoke": settings.smoke, **case.shape, "series": case.series, "size_name": case.size_name,
            "metric": case.metric, "plot": case.plot}
@@ -102,12 +102,21 @@ def record(case: Case, provider: str, mode: str, status: str, settings: Settings
     return row
 
 
+# Below this many seconds per call, the host's launch overhead (~5-20 us per kernel, several
+# kernels per op) is a large share of what CUDA events measure around a Python call: such ops
+# are timed as a CUDA graph replay, which launches every kernel of the call from the device.
+GRAPH_BELOW_S = 100e-6
+
+
 def timed(fn, device, reps_ms):
-    """(median seconds, peak bytes allocated above the baseline during one call) of fn(). On a
-    GPU: CUDA events through triton.testing.do_bench (warm-up, L2 flushed between runs); on the
-    CPU (smoke runs) one timed call (validation ran it already) and no peak memory."""
+    """(median seconds, peak bytes allocated above the baseline during one call, timer) of
+    fn(). On a GPU: the median of CUDA-event timings through triton.testing.do_bench (warm-up,
+    L2 flushed between runs; do_bench returns the mean unless told), and for calls under
+    GRAPH_BELOW_S the median of CUDA graph replays (do_bench_cudagraph; the L2 is not flushed
+    between replays) when the call can be captured; `timer` says which. On the CPU (smoke runs)
+    one timed call (validation ran it already) and no peak memory."""
     if device.type == "cuda":
-        from triton.testing import do_bench
+        from triton.testing import do_bench, do_bench_cudagraph
 
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -115,10 +124,17 @@ def timed(fn, device, reps_ms):
         fn()
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base
-        return do_bench(fn, warmup=25, rep=reps_ms) * 1e-3, peak
+        seconds = do_bench(fn, warmup=25, rep=reps_ms, return_mode="median") * 1e-3
+        if seconds >= GRAPH_BELOW_S:
+            return seconds, peak, "cuda events"
+        try:
+            with torch.cuda.stream(torch.cuda.Stream()):
+                return do_bench_cudagraph(fn, rep=reps_ms, return_mode="median") * 1e-3, peak, "cuda graph"
+        except Exception as e:  # not capturable (a host sync, a CPU-side RNG draw): events it is
+            return seconds, peak, f"cuda events (graph capture failed: {short(e)})"
     start = time.perf_counter()
     fn()
-    return time.perf_counter() - start, None
+    return time.perf_counter() - start, None, "cpu wall clock"
 
 
 def valid(out, ref64, eager, dtype) -> bool:
@@ -221,11 +237,11 @@ def measure(case: Case, settings: Settings) -> list[dict]:
             continue
         for mode in case.modes:
             try:
-                seconds, peak = (case.timer or timed)(modes[mode], settings.device, settings.reps_ms)
+                seconds, peak, timer = (case.timer or timed)(modes[mode], settings.device, settings.reps_ms)
             except Exception as e:
                 records.append(record(case, provider, mode, "error", settings, short(e)))
                 continue
-            records.append(ok_record(case, provider, mode, seconds, peak, settings))
+            records.append(ok_record(case, provider, mode, seconds, peak, settings, timer=timer))
         del modes
         if case.cleanup is not None:
             case.cleanup(case, provider)

@@ -1,18 +1,16 @@
 """pytest-benchmark entry: `pytest benchmarks/ --benchmark-only` runs the suite's measurements
-(the same cases, providers, validation and modes as `python -m nanogpt_kernels bench`) through
+(the same cases, providers, validation and modes as `python -m tools bench`) through
 pytest-benchmark's `benchmark` fixture. On a machine without a GPU it uses the tiny smoke shapes
 and CPU providers (not GPU figures). `--quick` here is `NANOGPT_KERNELS_BENCH_QUICK=1`.
 
 Collecting builds every case (no tensors yet: inputs are made when a case first runs)."""
 from __future__ import annotations
 
+import importlib
 import os
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+from . import common
+from .roofline import measure_peaks
 
 MODULES = ("bench_layernorm", "bench_attention", "bench_mlp", "bench_init", "bench_e2e")
 
@@ -28,15 +26,11 @@ def settings() -> common.Settings:
 def pytest_generate_tests(metafunc):
     if "bench_case" not in metafunc.fixturenames:
         return
-    import importlib
-
-    from roofline import measure_peaks
-
     s = settings()
     s.peaks = measure_peaks(s.device, quick=True)
     params, ids = [], []
     for name in MODULES:
-        for case in importlib.import_module(name).cases(s):
+        for case in importlib.import_module(f".{name}", __package__).cases(s):
             for provider in case.providers:
                 for mode in case.modes:
                     params.append((s, case, provider, mode))

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import time
 
+from .gpus import lookup
+
 MODES = ("fwd", "bwd", "fwd+bwd")
 _STAT_BYTES = 4  # mean, rstd, lse: float32 per row
 
@@ -99,28 +101,13 @@ def percent_of_roofline(seconds: float, flops: float, nbytes: float, peaks: dict
     return 100.0 * bound / seconds if bound else None
 
 
-# Vendor figures: bf16 dense tensor-core FLOP/s and DRAM bandwidth (SXM parts unless named).
-_DATASHEET = (
-    ("H100 PCIE", 756e12, 2.0e12),
-    ("H100 NVL", 835e12, 3.9e12),
-    ("H100", 989e12, 3.35e12),
-    ("H200", 989e12, 4.8e12),
-    ("GH200", 989e12, 4.0e12),
-    ("A100-PCIE-40GB", 312e12, 1.555e12),
-    ("A100-SXM4-40GB", 312e12, 1.555e12),
-    ("A100", 312e12, 2.039e12),
-)
-
-
 def datasheet_peaks(gpu_name: str | None) -> dict | None:
-    """{"flops", "bandwidth", "source"} from the vendor's datasheet, or None for a GPU not listed."""
-    if not gpu_name:
+    """{"flops", "bandwidth", "source"} from the vendor's datasheet (benchmarks/gpus.py), or None
+    for a GPU not listed."""
+    gpu = lookup(gpu_name)
+    if gpu is None:
         return None
-    name = gpu_name.upper()
-    for key, flops, bandwidth in _DATASHEET:
-        if key.upper() in name:
-            return {"flops": flops, "bandwidth": bandwidth, "source": f"datasheet ({key})"}
-    return None
+    return {"flops": gpu.tensor_flops, "bandwidth": gpu.dram_bandwidth, "source": f"{gpu.source} ({gpu.name})"}
 
 
 def measure_peaks(device, quick: bool = False) -> dict:

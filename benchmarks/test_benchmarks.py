@@ -8,7 +8,7 @@ GB/s, and % of the roofline) is stored in each benchmark's extra_info.
 import pytest
 import torch
 
-import common
+from . import common
 
 _prepared: dict = {}  # the last (case, provider) validated, reused by its other modes
 

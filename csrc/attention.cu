@@ -1,6 +1,6 @@
 // attention.cu: causal flash attention (FlashAttention-2 style), forward and backward.
 //
-// Torch-free: compiled by nvcc for sm_80/sm_90a and, through csrc/cpu/attention_cpu.cpp, by
+// Torch-free: compiled by nvcc for sm_80/sm_90a and, through csrc/harness/attention.cpp, by
 // the host compiler against the CPU harness, so the tests execute this very code.
 //
 // fp16/bf16 run on tensor cores (mma.sync m16n8k16 with fp32 accumulators, ldmatrix,
@@ -29,12 +29,16 @@
 // elements, because each cp.async moves 16 aligned bytes of one row.
 
 #include <initializer_list>
+#include <iterator>
+#include <string>
 #include <type_traits>
+#include <utility>
 
 #include "attention.h"
+#include "nk_limits.h"
 #include "nk_mma.cuh"
 #include "nk_runtime.cuh"
-#include "normal_init_gen.cuh"
+#include "philox.cuh"
 
 namespace NK_NS {
 
@@ -95,10 +99,6 @@ struct Tiles {
   }
 };
 
-// Dynamic shared memory one CTA may opt into on sm_80 (A100; H100 allows 227 KB): every tile
-// configuration below must fit, which the static_asserts in the kernels check.
-constexpr size_t kMaxSmem = 166912;
-
 // The head (b, h) of blockIdx.x and a [B, H, T, D] tensor's pointer to its row 0.
 struct Head {
   int64_t b, h, bh;
@@ -123,7 +123,7 @@ __device__ __forceinline__ void philox_words(uint32_t (&w)[4], int j, int i, int
   w[1] = (uint32_t)i;
   w[2] = (uint32_t)bh;
   w[3] = 0u;
-  nk_gen::philox4x32_10(w[0], w[1], w[2], w[3], (uint32_t)seed, (uint32_t)(seed >> 32));
+  nk::philox4x32_10(w[0], w[1], w[2], w[3], (uint32_t)seed, (uint32_t)(seed >> 32));
 }
 
 // Word c (0..3) of w, by selects: indexing w with a run-time c would put it in local memory.
@@ -288,7 +288,8 @@ __device__ __forceinline__ void store_rows(T* out, int64_t stride, int row0, int
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(nk::AttentionFwdParams p) {
   using Cfg = Tiles<D>;
-  static_assert(Cfg::template fwd_smem<T>() <= kMaxSmem, "tiles exceed the shared memory of a CTA");
+  static_assert(Cfg::template fwd_smem<T>() <= nk::kMaxSharedBytesPerBlock,
+                "tiles exceed the shared memory of a CTA");
   constexpr int BM = Cfg::BM, BN = Cfg::BN, LD = Cfg::LD, KT = D / 16, DT = D / 8, NT = BN / 8;
   NK_DYNAMIC_SHARED(unsigned char, smem);
   T* sQ = reinterpret_cast<T*>(smem);  // [BM][LD]
@@ -435,7 +436,8 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_delta_kernel(nk::AttentionB
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) attn_bwd_dq_kernel(nk::AttentionBwdParams p) {
   using Cfg = Tiles<D>;
-  static_assert(Cfg::template dq_smem<T>() <= kMaxSmem, "tiles exceed the shared memory of a CTA");
+  static_assert(Cfg::template dq_smem<T>() <= nk::kMaxSharedBytesPerBlock,
+                "tiles exceed the shared memory of a CTA");
   constexpr int BM = Cfg::BM, BN = Cfg::BN, LD = Cfg::LD, KT = D / 16, DT = D / 8, NT = BN / 8;
   NK_DYNAMIC_SHARED(unsigned char, smem);
   T* sQ = reinterpret_cast<T*>(smem);  // [BM][LD]
@@ -547,7 +549,8 @@ __device__ __forceinline__ void load_q_stage(const nk::AttentionBwdParams& p, co
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, 1) attn_bwd_dkdv_kernel(nk::AttentionBwdParams p) {
   using Cfg = Tiles<D>;
-  static_assert(Cfg::template dkdv_smem<T>() <= kMaxSmem, "tiles exceed the shared memory of a CTA");
+  static_assert(Cfg::template dkdv_smem<T>() <= nk::kMaxSharedBytesPerBlock,
+                "tiles exceed the shared memory of a CTA");
   constexpr int BN2 = Cfg::BN2, BM2 = Cfg::BM2, LD = Cfg::LD, KT = D / 16, DT = D / 8, NT = BM2 / 8;
   NK_DYNAMIC_SHARED(unsigned char, smem);
   T* sK = reinterpret_cast<T*>(smem);  // [BN2][LD]
@@ -669,7 +672,8 @@ __device__ __forceinline__ float dot_f32(const float* a, const float* b) {
 
 template <int D>
 __global__ void __launch_bounds__(kThreads) attn_fwd_f32_kernel(nk::AttentionFwdParams p) {
-  static_assert(F32Tiles<D>::fwd_smem() <= kMaxSmem, "tiles exceed the shared memory of a CTA");
+  static_assert(F32Tiles<D>::fwd_smem() <= nk::kMaxSharedBytesPerBlock,
+                "tiles exceed the shared memory of a CTA");
   constexpr int BT = kF32Tile, LD = F32Tiles<D>::LD, LP = F32Tiles<D>::LP, DQ = D / 4;
   NK_DYNAMIC_SHARED(unsigned char, smem);
   float* sQ = reinterpret_cast<float*>(smem);
@@ -738,7 +742,8 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_f32_kernel(nk::AttentionFwd
 
 template <int D>
 __global__ void __launch_bounds__(kThreads) attn_bwd_dq_f32_kernel(nk::AttentionBwdParams p) {
-  static_assert(F32Tiles<D>::dq_smem() <= kMaxSmem, "tiles exceed the shared memory of a CTA");
+  static_assert(F32Tiles<D>::dq_smem() <= nk::kMaxSharedBytesPerBlock,
+                "tiles exceed the shared memory of a CTA");
   constexpr int BT = kF32Tile, LD = F32Tiles<D>::LD, LP = F32Tiles<D>::LP, DQ = D / 4;
   NK_DYNAMIC_SHARED(unsigned char, smem);
   float* sQ = reinterpret_cast<float*>(smem);
@@ -793,7 +798,8 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_f32_kernel(nk::Attention
 
 template <int D>
 __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_f32_kernel(nk::AttentionBwdParams p) {
-  static_assert(F32Tiles<D>::dkdv_smem() <= kMaxSmem, "tiles exceed the shared memory of a CTA");
+  static_assert(F32Tiles<D>::dkdv_smem() <= nk::kMaxSharedBytesPerBlock,
+                "tiles exceed the shared memory of a CTA");
   constexpr int BT = kF32Tile, LD = F32Tiles<D>::LD, LP = F32Tiles<D>::LP, DQ = D / 4;
   NK_DYNAMIC_SHARED(unsigned char, smem);
   float* sK = reinterpret_cast<float*>(smem);
@@ -888,18 +894,24 @@ const char* launch_attn(void (*kernel)(P), int64_t bh, int64_t blocks, size_t sm
   return status(launch_kernel(kernel, dim3((unsigned)bh, (unsigned)blocks), dim3(attn::kThreads), smem, stream, p));
 }
 
-// Calls f(std::integral_constant<int, D>{}) for the supported head dim d.
+const char* unsupported_head_dim() {
+  static const std::string message = "attention: head_dim must be one of " + nk::attention_head_dims_text();
+  return message.c_str();
+}
+
+template <typename F, size_t... I>
+const char* with_head_dim(int d, F&& f, std::index_sequence<I...>) {
+  const char* result = unsupported_head_dim();
+  ((d == nk::kAttentionHeadDims[I] &&
+    (result = f(std::integral_constant<int, nk::kAttentionHeadDims[I]>{}), true)) || ...);
+  return result;
+}
+
+// Calls f(std::integral_constant<int, D>{}) for the supported head dim d: one kernel
+// instantiation per entry of nk::kAttentionHeadDims.
 template <typename F>
 const char* with_head_dim(int d, F&& f) {
-  switch (d) {
-    case 16: return f(std::integral_constant<int, 16>{});
-    case 32: return f(std::integral_constant<int, 32>{});
-    case 64: return f(std::integral_constant<int, 64>{});
-    case 80: return f(std::integral_constant<int, 80>{});
-    case 96: return f(std::integral_constant<int, 96>{});
-    case 128: return f(std::integral_constant<int, 128>{});
-  }
-  return "attention: head_dim must be 16, 32, 64, 80, 96 or 128";
+  return with_head_dim(d, f, std::make_index_sequence<std::size(nk::kAttentionHeadDims)>{});
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -908,7 +920,7 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 template <typename P>
 const char* check_common(const P& p, std::initializer_list<const void*> ptrs,
                          std::initializer_list<int64_t> strides) {
-  if (!nk::attention_head_dim_supported(p.head_dim)) return "attention: head_dim must be 16, 32, 64, 80, 96 or 128";
+  if (!nk::attention_head_dim_supported(p.head_dim)) return unsupported_head_dim();
   if (p.batch < 0 || p.heads < 0 || p.seqlen < 0) return "attention: negative batch, heads or seqlen";
   // grid.x counts heads (the product is not formed: it could overflow), grid.y 32- or 64-row
   // blocks (and rows are ints).

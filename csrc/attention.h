@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "nk_types.h"
 
@@ -59,9 +60,22 @@ struct AttentionBwdParams {
   DType dtype;
 };
 
-// The head dims the kernels are built for (the torch layer checks this).
+// The head dims the kernels are built for. nanogpt_kernels/_limits.py spells them for Python;
+// the extension exports these and tests/test_limits.py checks that the two agree.
+constexpr int kAttentionHeadDims[] = {16, 32, 64, 80, 96, 128};
+
 constexpr bool attention_head_dim_supported(int d) {
-  return d == 16 || d == 32 || d == 64 || d == 80 || d == 96 || d == 128;
+  for (int supported : kAttentionHeadDims) {
+    if (d == supported) return true;
+  }
+  return false;
+}
+
+// "16, 32, 64, 80, 96, 128", for the error messages.
+inline std::string attention_head_dims_text() {
+  std::string text;
+  for (int d : kAttentionHeadDims) text += (text.empty() ? "" : ", ") + std::to_string(d);
+  return text;
 }
 
 }  // namespace nk

@@ -1,6 +1,6 @@
 // layernorm.cu: fused LayerNorm (and residual add + LayerNorm), forward and backward.
 //
-// Torch-free: compiled by nvcc for sm_80/sm_90a and, through csrc/cpu/layernorm_cpu.cpp,
+// Torch-free: compiled by nvcc for sm_80/sm_90a and, through csrc/harness/layernorm.cpp,
 // by the host compiler against the CPU harness, so our tests execute this very code.
 //
 // Work split. A row is handled by a "team": one warp when the row is short (blockDim =
@@ -13,6 +13,8 @@
 // (and s); the second and third passes over the row re-read it from L1/L2 (a 768-wide bf16
 // row is 1.5 KB). For B*T = 16384 rows of 768 bf16 that is 2 * 25 MB of DRAM traffic: ~15 us
 // at roofline. The backward reads dy and x and writes dx: 3 * 25 MB, ~23 us.
+
+#include <string>
 
 #include "layernorm.h"
 #include "nk_runtime.cuh"
@@ -103,7 +105,7 @@ struct FwdArgs {
 constexpr int kMaxThreads = 1024;
 
 template <typename T, int VEC>
-__global__ void __launch_bounds__(kMaxThreads) layernorm_fwd_kernel(FwdArgs<T> a) {
+__global__ void __launch_bounds__(kMaxThreads) layer_norm_fwd_kernel(FwdArgs<T> a) {
   __shared__ float red[32];
   const int nvec = a.cols / VEC;
   const float inv_cols = 1.0f / (float)a.cols;
@@ -185,7 +187,7 @@ struct BwdArgs {
 // t + teams, ... and owns row t of `partial` alone, so the two-stage reduction is
 // deterministic: no atomics anywhere.
 template <typename T, int VEC>
-__global__ void __launch_bounds__(kMaxThreads) layernorm_bwd_kernel(BwdArgs<T> a) {
+__global__ void __launch_bounds__(kMaxThreads) layer_norm_bwd_kernel(BwdArgs<T> a) {
   __shared__ float red[32];
   const int nvec = a.cols / VEC;
   const float inv_cols = 1.0f / (float)a.cols;
@@ -250,7 +252,7 @@ __global__ void __launch_bounds__(kMaxThreads) layernorm_bwd_kernel(BwdArgs<T> a
 
 // dweight[c] = sum over teams of partial[t, 0, c], dbias likewise, teams in order.
 template <typename T>
-__global__ void layernorm_bwd_reduce_kernel(const float* partial, int64_t teams, int cols,
+__global__ void layer_norm_bwd_reduce_kernel(const float* partial, int64_t teams, int cols,
                                             T* dweight, T* dbias) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= cols) return;
@@ -329,8 +331,8 @@ const char* forward_typed(const nk::LayerNormFwdParams& p, cudaStream_t stream) 
   const TeamShape shape = team_shape(p.cols, vec);
   const dim3 grid((unsigned)grid_for(p.rows, shape.rows_per_block));
   constexpr int V = 16 / sizeof(T);
-  return status(vec == V ? launch_kernel(layernorm_fwd_kernel<T, V>, grid, shape.block, 0, stream, a)
-                         : launch_kernel(layernorm_fwd_kernel<T, 1>, grid, shape.block, 0, stream, a));
+  return status(vec == V ? launch_kernel(layer_norm_fwd_kernel<T, V>, grid, shape.block, 0, stream, a)
+                         : launch_kernel(layer_norm_fwd_kernel<T, 1>, grid, shape.block, 0, stream, a));
 }
 
 template <typename T>
@@ -346,12 +348,12 @@ const char* backward_typed(const nk::LayerNormBwdParams& p, cudaStream_t stream)
   const dim3 grid((unsigned)(teams / shape.rows_per_block));
   constexpr int V = 16 / sizeof(T);
   const char* err =
-      status(vec == V ? launch_kernel(layernorm_bwd_kernel<T, V>, grid, shape.block, 0, stream, a)
-                      : launch_kernel(layernorm_bwd_kernel<T, 1>, grid, shape.block, 0, stream, a));
+      status(vec == V ? launch_kernel(layer_norm_bwd_kernel<T, V>, grid, shape.block, 0, stream, a)
+                      : launch_kernel(layer_norm_bwd_kernel<T, 1>, grid, shape.block, 0, stream, a));
   if (err) return err;
   const int threads = 256;
   const dim3 rgrid((unsigned)((p.cols + threads - 1) / threads));
-  return status(launch_kernel(layernorm_bwd_reduce_kernel<T>, rgrid, dim3(threads), 0, stream,
+  return status(launch_kernel(layer_norm_bwd_reduce_kernel<T>, rgrid, dim3(threads), 0, stream,
                               (const float*)p.workspace, teams, (int)p.cols,
                               static_cast<T*>(p.dweight), static_cast<T*>(p.dbias)));
 }
@@ -359,12 +361,13 @@ const char* backward_typed(const nk::LayerNormBwdParams& p, cudaStream_t stream)
 // Rows need no limit (grid_for caps the grid, the kernels loop over the rest); cols bound the
 // block shape and the reduction's grid.x ((cols + 255) / 256 blocks), and are narrowed to int.
 const char* check_cols(int64_t cols) {
-  return cols > nk::kLayerNormMaxCols ? "layernorm: cols must be at most 65536" : nullptr;
+  static const std::string too_wide = "layer_norm: cols must be at most " + std::to_string(nk::kLayerNormMaxCols);
+  return cols > nk::kLayerNormMaxCols ? too_wide.c_str() : nullptr;
 }
 
 }  // namespace
 
-const char* layernorm_forward(const nk::LayerNormFwdParams& p, void* stream) {
+const char* layer_norm_forward(const nk::LayerNormFwdParams& p, void* stream) {
   if (const char* err = check_cols(p.cols)) return err;
   auto s = static_cast<cudaStream_t>(stream);
   switch (p.dtype) {
@@ -372,10 +375,10 @@ const char* layernorm_forward(const nk::LayerNormFwdParams& p, void* stream) {
     case nk::DType::f16: return forward_typed<__half>(p, s);
     case nk::DType::bf16: return forward_typed<__nv_bfloat16>(p, s);
   }
-  return "layernorm_forward: unknown dtype";
+  return "layer_norm_forward: unknown dtype";
 }
 
-const char* layernorm_backward(const nk::LayerNormBwdParams& p, void* stream) {
+const char* layer_norm_backward(const nk::LayerNormBwdParams& p, void* stream) {
   if (const char* err = check_cols(p.cols)) return err;
   auto s = static_cast<cudaStream_t>(stream);
   switch (p.dtype) {
@@ -383,10 +386,10 @@ const char* layernorm_backward(const nk::LayerNormBwdParams& p, void* stream) {
     case nk::DType::f16: return backward_typed<__half>(p, s);
     case nk::DType::bf16: return backward_typed<__nv_bfloat16>(p, s);
   }
-  return "layernorm_backward: unknown dtype";
+  return "layer_norm_backward: unknown dtype";
 }
 
-int64_t layernorm_bwd_workspace_floats(int64_t rows, int64_t cols, int sm_count) {
+int64_t layer_norm_bwd_workspace_floats(int64_t rows, int64_t cols, int sm_count) {
   const int64_t teams = bwd_teams(rows, cols, sm_count);
   return teams * 2 * cols;
 }

@@ -42,14 +42,15 @@ struct LayerNormBwdParams {
   void* dx;              // [rows, cols] contiguous
   void* dweight;         // [cols]
   void* dbias;           // [cols], nullable
-  float* workspace;      // layernorm_bwd_workspace_floats(...) floats
+  float* workspace;      // layer_norm_bwd_workspace_floats(...) floats
   int64_t rows;
   int64_t cols;
   int sm_count;          // sizes the deterministic two-stage reduction of dweight/dbias
   DType dtype;
 };
 
-// The hidden sizes the kernels accept (the torch layer checks this).
+// The widest row the kernels take. nanogpt_kernels/_limits.py spells it for Python; the
+// extension exports this one and tests/test_limits.py checks that the two agree.
 constexpr int64_t kLayerNormMaxCols = 65536;
 
 }  // namespace nk
@@ -57,9 +58,9 @@ constexpr int64_t kLayerNormMaxCols = 65536;
 #define NK_DECLARE_LAYERNORM_LAUNCHERS(ns)                                                  \
   namespace ns {                                                                            \
   /* Each returns nullptr on success, else the CUDA error string of the failed launch. */  \
-  const char* layernorm_forward(const nk::LayerNormFwdParams& p, void* stream);             \
-  const char* layernorm_backward(const nk::LayerNormBwdParams& p, void* stream);            \
-  int64_t layernorm_bwd_workspace_floats(int64_t rows, int64_t cols, int sm_count);         \
+  const char* layer_norm_forward(const nk::LayerNormFwdParams& p, void* stream);             \
+  const char* layer_norm_backward(const nk::LayerNormBwdParams& p, void* stream);            \
+  int64_t layer_norm_bwd_workspace_floats(int64_t rows, int64_t cols, int sm_count);         \
   }
 
 NK_DECLARE_LAYERNORM_LAUNCHERS(nk_cuda)

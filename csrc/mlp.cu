@@ -1,7 +1,7 @@
 // mlp.cu: GEMM with a fused epilogue (bias, GELU, GELU derivative) and a deterministic column
 // sum: the building blocks of the GELU-MLP forward and backward (see mlp.h for the algebra).
 //
-// Torch-free: compiled by nvcc for sm_80/sm_90a and, through csrc/cpu/mlp_cpu.cpp, by the host
+// Torch-free: compiled by nvcc for sm_80/sm_90a and, through csrc/harness/mlp.cpp, by the host
 // compiler against the CPU harness, where the tensor-core wrappers of nk_mma.cuh emulate each
 // warp, so our tests execute this very code.
 //

@@ -1,5 +1,6 @@
 // mlp.h: torch-free interface of the GEMM-with-epilogue and column-sum kernels in mlp.cu, from
-// which csrc/ops.cpp builds the fused GELU-MLP forward and backward.
+// which nanogpt_kernels/ops/mlp.py composes the fused GELU-MLP forward and backward (through
+// the C++ ops cuda_gemm and cuda_column_sum of csrc/ops.cpp).
 //
 // The launchers exist twice in the library, as nk_cuda:: (nvcc, GPU) and nk_cpu:: (the same
 // source through the CPU harness); csrc/ops.cpp picks one by the tensors' device.

@@ -20,7 +20,7 @@
 #endif
 
 // The namespace kernels and launchers live in: each .cu is compiled twice into one library,
-// once by nvcc and once for the harness (csrc/cpu/), and the two copies must not collide.
+// once by nvcc and once for the harness (csrc/harness/<op>.cpp), and the two copies must not collide.
 #ifndef NK_NS
 #ifdef __CUDACC__
 #define NK_NS nk_cuda

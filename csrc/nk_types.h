@@ -1,4 +1,5 @@
-// nk_types.h: torch-free types shared by the kernel interfaces (layernorm.h, normal_init.h).
+// nk_types.h: torch-free types shared by the kernel interfaces (attention.h, layernorm.h, mlp.h,
+// normal_init.h).
 #pragma once
 
 namespace nk {

@@ -1,7 +1,7 @@
 // normal_init.cu: fill many tensors from N(mean_i, std_i) in one launch, bit for bit the
-// generator of nanogpt_kernels/ops/normal_init.py (csrc/normal_init_gen.cuh).
+// generator of nanogpt_kernels/ops/normal_init_gen.py (csrc/normal_init_gen.cuh).
 //
-// Torch-free: compiled by nvcc for sm_80/sm_90a and, through csrc/cpu/normal_init_cpu.cpp,
+// Torch-free: compiled by nvcc for sm_80/sm_90a and, through csrc/harness/normal_init.cpp,
 // by the host compiler against the CPU harness, so our tests execute this very code.
 //
 // Work split. Every tensor is cut into chunks of kNormalInitChunkBlocks = 1024 Philox counter

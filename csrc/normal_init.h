@@ -1,10 +1,13 @@
 // normal_init.h: torch-free interface of normal_init_, which fills many tensors from
-// N(mean_i, std_i) with the generator of nanogpt_kernels/ops/normal_init.py (bit for bit).
+// N(mean_i, std_i) with the generator of nanogpt_kernels/ops/normal_init_gen.py (bit for bit).
 //
 // Three implementations of one generator (csrc/normal_init_gen.cuh):
-//   nk_cuda::normal_init  the multi-tensor CUDA kernel (csrc/normal_init.cu, nvcc)
-//   nk_cpu::normal_init   the same kernel source run by the CPU harness (tests)
-//   nk_host::normal_init  plain multithreaded, vectorised C++ (csrc/cpu/normal_init_host.cpp)
+//   nk_cuda::normal_init  the multi-tensor CUDA kernel (csrc/normal_init.cu, nvcc): the C++ op
+//                         cuda_normal_init_ on CUDA tensors
+//   nk_cpu::normal_init   the same kernel source run by the CPU harness: cuda_normal_init_ on
+//                         CPU tensors
+//   nk_host::normal_init  plain multithreaded, vectorised C++ (csrc/host/normal_init.cpp): the
+//                         C++ op host_normal_init_, what normal_init_ runs on CPU tensors
 #pragma once
 
 #include <cstdint>

@@ -1,8 +1,8 @@
-// normal_init_gen.cuh: the normal_init_ generator (Philox4x32-10 + Box-Muller with polynomial
-// log/cos/sin), shared by the CUDA kernel (csrc/normal_init.cu, also run through the CPU
-// harness) and the multithreaded host path (csrc/cpu/normal_init_host.cpp).
+// normal_init_gen.cuh: the normal_init_ generator (Philox4x32-10 of philox.cuh, then Box-Muller
+// with polynomial log/cos/sin), shared by the CUDA kernel (csrc/normal_init.cu, also run through
+// the CPU harness) and the multithreaded host path (csrc/host/normal_init.cpp).
 //
-// The normative spec is the docstring of nanogpt_kernels/ops/normal_init.py; its
+// The normative spec is the docstring of nanogpt_kernels/ops/normal_init_gen.py; its
 // `normal_eager` is the reference every backend matches bit for bit. That works because only
 // IEEE-754 basic operations appear and each is rounded on its own:
 // - on the GPU every float operation is an explicitly rounded intrinsic (__fmul_rn, __fadd_rn,
@@ -12,25 +12,18 @@
 //   -ffp-contract=off (nanogpt_kernels/_build_flags.py) and for no target with FMA.
 // Integer-to-float conversions are exact (every converted value is below 2^24).
 //
-// Torch-free and CUDA-runtime-free: includes nothing but <cstdint>/<cstring>.
+// Torch-free and CUDA-runtime-free: includes nothing but <cstdint>/<cstring> and philox.cuh.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
-#ifdef __CUDACC__
-#define NK_GEN_FN __host__ __device__ __forceinline__
-#else
-#define NK_GEN_FN inline __attribute__((always_inline))
-#endif
+#include "philox.cuh"
 
 namespace nk_gen {
 
 // ---------------------------------------------------------------------------------------
 // The spec's constants, as exact float32 values (hex floats; bit patterns in the comments).
-
-constexpr uint32_t kPhiloxM0 = 0xD2511F53u, kPhiloxM1 = 0xCD9E8D57u;
-constexpr uint32_t kPhiloxW0 = 0x9E3779B9u, kPhiloxW1 = 0xBB67AE85u;
 
 constexpr float kHalfPi = 0x1.921fb6p+0f;  // 0x3fc90fdb
 constexpr uint32_t kSqrt2Bits = 0x3fb504f3u;  // SQRT2 = 0x1.6a09e6p+0f, compared on its bits
@@ -58,42 +51,42 @@ constexpr float kC12 = 0x1.1eed8ep-29f;    // 0x310f76c7
 // ---------------------------------------------------------------------------------------
 // Individually rounded float operations
 
-NK_GEN_FN float fadd(float a, float b) {
+NK_HD_INLINE float fadd(float a, float b) {
 #ifdef __CUDA_ARCH__
   return __fadd_rn(a, b);
 #else
   return a + b;
 #endif
 }
-NK_GEN_FN float fsub(float a, float b) {
+NK_HD_INLINE float fsub(float a, float b) {
 #ifdef __CUDA_ARCH__
   return __fsub_rn(a, b);
 #else
   return a - b;
 #endif
 }
-NK_GEN_FN float fmul(float a, float b) {
+NK_HD_INLINE float fmul(float a, float b) {
 #ifdef __CUDA_ARCH__
   return __fmul_rn(a, b);
 #else
   return a * b;
 #endif
 }
-NK_GEN_FN float fdiv(float a, float b) {
+NK_HD_INLINE float fdiv(float a, float b) {
 #ifdef __CUDA_ARCH__
   return __fdiv_rn(a, b);
 #else
   return a / b;
 #endif
 }
-NK_GEN_FN float fsqrt(float a) {
+NK_HD_INLINE float fsqrt(float a) {
 #ifdef __CUDA_ARCH__
   return __fsqrt_rn(a);
 #else
   return __builtin_sqrtf(a);  // sqrtss/sqrtps: correctly rounded (errno is never set: a >= 0)
 #endif
 }
-NK_GEN_FN uint32_t bits_of(float x) {
+NK_HD_INLINE uint32_t bits_of(float x) {
 #ifdef __CUDA_ARCH__
   return __float_as_uint(x);
 #else
@@ -102,7 +95,7 @@ NK_GEN_FN uint32_t bits_of(float x) {
   return u;
 #endif
 }
-NK_GEN_FN float float_of(uint32_t u) {
+NK_HD_INLINE float float_of(uint32_t u) {
 #ifdef __CUDA_ARCH__
   return __uint_as_float(u);
 #else
@@ -113,40 +106,11 @@ NK_GEN_FN float float_of(uint32_t u) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Philox4x32-10 (Salmon et al., SC'11). The 32x32 -> 64-bit product is one IMAD.WIDE.U32 on
-// the GPU (both halves at once) and one pmuludq lane on the host.
-
-NK_GEN_FN void philox_round(uint32_t& c0, uint32_t& c1, uint32_t& c2, uint32_t& c3, uint32_t k0,
-                            uint32_t k1) {
-  const uint64_t p0 = (uint64_t)c0 * kPhiloxM0;
-  const uint64_t p1 = (uint64_t)c2 * kPhiloxM1;
-  const uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0;
-  const uint32_t n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
-  c1 = (uint32_t)p1;
-  c3 = (uint32_t)p0;
-  c0 = n0;
-  c2 = n2;
-}
-
-// In place: the counter (c0..c3) becomes the four output words.
-NK_GEN_FN void philox4x32_10(uint32_t& c0, uint32_t& c1, uint32_t& c2, uint32_t& c3, uint32_t k0,
-                             uint32_t k1) {
-#ifdef __CUDA_ARCH__
-#pragma unroll
-#endif
-  for (int r = 0; r < 10; ++r) {
-    philox_round(c0, c1, c2, c3, k0, k1);
-    k0 += kPhiloxW0;
-    k1 += kPhiloxW1;
-  }
-}
-
-// ---------------------------------------------------------------------------------------
 // Box-Muller
 
 // log(u) for u in (0, 1]: the spec's reduction to m in (sqrt(2)/2, sqrt(2)] and an atanh
 // series in s = (m - 1) / (m + 1).
-NK_GEN_FN float log_unit(float u) {
+NK_HD_INLINE float log_unit(float u) {
   const uint32_t bits = bits_of(u);
   uint32_t m_bits = (bits & 0x7fffffu) | 0x3f800000u;  // m in [1, 2)
   // m > SQRT2 compared on the bits (both are positive floats); then m * 0.5, which for m in
@@ -167,7 +131,7 @@ NK_GEN_FN float log_unit(float u) {
 }
 
 // cos and sin of phi in [0, pi/2): Taylor polynomials in z = phi^2, Horner as the spec writes.
-NK_GEN_FN void cos_sin(float phi, float& c, float& s) {
+NK_HD_INLINE void cos_sin(float phi, float& c, float& s) {
   const float z = fmul(phi, phi);
   float sp = fadd(fmul(kS11, z), kS9);
   sp = fadd(fmul(sp, z), kS7);
@@ -183,7 +147,7 @@ NK_GEN_FN void cos_sin(float phi, float& c, float& s) {
 }
 
 // Two standard normals from two Philox words.
-NK_GEN_FN void box_muller(uint32_t a, uint32_t b, float& x, float& y) {
+NK_HD_INLINE void box_muller(uint32_t a, uint32_t b, float& x, float& y) {
   const float u = fmul((float)(int32_t)((a >> 8) + 1u), 0x1p-24f);  // (0, 1], exact
   const float r = fsqrt(fmul(-2.0f, log_unit(u)));
   const uint32_t k = b >> 8;                                            // 24 bits of angle
@@ -203,15 +167,15 @@ NK_GEN_FN void box_muller(uint32_t a, uint32_t b, float& x, float& y) {
 
 // The four standard normals of counter block n of `stream` under key `seed`: elements
 // 4n .. 4n+3 of the stream.
-NK_GEN_FN void normal4(uint64_t n, uint64_t stream, uint64_t seed, float (&z)[4]) {
+NK_HD_INLINE void normal4(uint64_t n, uint64_t stream, uint64_t seed, float (&z)[4]) {
   uint32_t c0 = (uint32_t)n, c1 = (uint32_t)(n >> 32), c2 = (uint32_t)stream,
            c3 = (uint32_t)(stream >> 32);
-  philox4x32_10(c0, c1, c2, c3, (uint32_t)seed, (uint32_t)(seed >> 32));
+  nk::philox4x32_10(c0, c1, c2, c3, (uint32_t)seed, (uint32_t)(seed >> 32));
   box_muller(c0, c1, z[0], z[1]);
   box_muller(c2, c3, z[2], z[3]);
 }
 
 // value = mean + std * z, each operation rounded (then rounded to the storage type).
-NK_GEN_FN float scale(float z, float mean, float std) { return fadd(mean, fmul(std, z)); }
+NK_HD_INLINE float scale(float z, float mean, float std) { return fadd(mean, fmul(std, z)); }
 
 }  // namespace nk_gen

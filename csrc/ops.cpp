@@ -1,7 +1,8 @@
-// ops.cpp: the torch layer. Schemas for our C++ ops, defined once, and their CPU (harness)
-// and CUDA implementations: thin launchers that check arguments, allocate outputs and call
-// the torch-free kernels. This is the only translation unit that includes torch headers
-// (they cost ~1-2 minutes of compile time per file).
+// ops.cpp: the torch layer. Schemas for our C++ ops, defined once, and their CPU (the kernels'
+// harness copies, and normal_init_'s host C++) and CUDA implementations: thin launchers that
+// check arguments, allocate outputs and call the torch-free kernels. This is the only
+// translation unit that includes torch headers (they cost ~1-2 minutes of compile time per
+// file).
 #include <Python.h>
 #include <torch/library.h>
 #include <ATen/ATen.h>
@@ -11,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 #include <initializer_list>
+#include <iterator>
 #include <limits>
 #include <string>
 #include <vector>
@@ -26,6 +28,7 @@
 #include "attention.h"
 #include "layernorm.h"
 #include "mlp.h"
+#include "nk_limits.h"
 #include "normal_init.h"
 
 namespace {
@@ -40,22 +43,26 @@ nk::DType dtype_of(const at::Tensor& t, const char* name) {
   }
 }
 
+// t has ref's dtype and device (in the words of nanogpt_kernels/_checks.py).
+void check_dtype_device(const at::Tensor& t, const char* name, const at::Tensor& ref, const char* ref_name) {
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, " must have the dtype of ", ref_name, " (",
+              ref.scalar_type(), "), got ", t.scalar_type());
+  TORCH_CHECK(t.device() == ref.device(), name, " must be on the device of ", ref_name, " (", ref.device(), "), got ",
+              t.device());
+}
+
 // Rows of a 2-D tensor must be contiguous; the row stride is free.
-void check_rows(const at::Tensor& t, const char* name, const at::Tensor& like) {
+void check_rows(const at::Tensor& t, const char* name, const at::Tensor& like, const char* like_name) {
   TORCH_CHECK(t.dim() == 2, name, " must be 2-D [rows, cols], got shape ", t.sizes());
   TORCH_CHECK(t.sizes() == like.sizes(), name, " must have shape ", like.sizes(), ", got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " must have dtype ", like.scalar_type(),
-              ", got ", t.scalar_type());
-  TORCH_CHECK(t.device() == like.device(), name, " must be on ", like.device(), ", got ", t.device());
+  check_dtype_device(t, name, like, like_name);
   TORCH_CHECK(t.size(1) <= 1 || t.stride(1) == 1, name, " must have unit stride along its last dimension, got strides ",
               t.strides());
 }
 
-void check_vector(const at::Tensor& t, const char* name, const at::Tensor& x) {
+void check_vector(const at::Tensor& t, const char* name, const at::Tensor& x, const char* x_name) {
   TORCH_CHECK(t.dim() == 1 && t.size(0) == x.size(1), name, " must have shape [", x.size(1), "], got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == x.scalar_type(), name, " must have dtype ", x.scalar_type(), ", got ",
-              t.scalar_type());
-  TORCH_CHECK(t.device() == x.device(), name, " must be on ", x.device(), ", got ", t.device());
+  check_dtype_device(t, name, x, x_name);
 }
 
 struct Exec {
@@ -104,13 +111,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_fwd(
     const at::Tensor& x, const std::optional<at::Tensor>& residual, const at::Tensor& weight,
     const std::optional<at::Tensor>& bias, double eps) {
   const nk::DType dtype = dtype_of(x, "x");
-  check_rows(x, "x", x);
-  TORCH_CHECK(x.size(1) <= nk::kLayerNormMaxCols, "x: hidden size must be at most ", nk::kLayerNormMaxCols,
-              ", got ", x.size(1));
-  if (residual) check_rows(*residual, "residual", x);
-  check_vector(weight, "weight", x);
-  if (bias) check_vector(*bias, "bias", x);
-  TORCH_CHECK(eps >= 0, "eps must be non-negative, got ", eps);
+  check_rows(x, "x", x, "x");
+  TORCH_CHECK(x.size(1) <= nk::kLayerNormMaxCols, "x: hidden size (last dimension) must be at most ",
+              nk::kLayerNormMaxCols, " on the kernel backends, got ", x.size(1));
+  if (residual) check_rows(*residual, "residual", x, "x");
+  check_vector(weight, "weight", x, "x");
+  if (bias) check_vector(*bias, "bias", x, "x");
+  TORCH_CHECK(std::isfinite(eps) && eps >= 0, "eps must be a non-negative finite float, got ", eps);
   NK_DEVICE_GUARD(x);
   const auto rows = x.size(0), cols = x.size(1);
   auto y = at::empty({rows, cols}, x.options());
@@ -131,7 +138,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_fwd(
                            mean.data_ptr<float>(), rstd.data_ptr<float>(),
                            rows, cols, (float)eps, dtype};
   const Exec e = exec_for(x);
-  check_launch(NK_DISPATCH(e, layernorm_forward, p, e.stream), "layer_norm forward");
+  check_launch(NK_DISPATCH(e, layer_norm_forward, p, e.stream), "layer_norm forward");
   return {y, s, mean, rstd};
 }
 
@@ -139,10 +146,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd(
     const at::Tensor& dy, const at::Tensor& xs, const at::Tensor& weight, const at::Tensor& mean,
     const at::Tensor& rstd, const std::optional<at::Tensor>& ds) {
   const nk::DType dtype = dtype_of(xs, "xs");
-  check_rows(xs, "xs", xs);
-  check_rows(dy, "dy", xs);
-  if (ds) check_rows(*ds, "ds", xs);
-  check_vector(weight, "weight", xs);
+  check_rows(xs, "xs", xs, "xs");
+  check_rows(dy, "dy", xs, "xs");
+  if (ds) check_rows(*ds, "ds", xs, "xs");
+  check_vector(weight, "weight", xs, "xs");
   for (const auto* stat : {&mean, &rstd}) {
     TORCH_CHECK(stat->dim() == 1 && stat->size(0) == xs.size(0) && stat->scalar_type() == at::kFloat &&
                     stat->device() == xs.device(),
@@ -157,7 +164,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd(
   }
   auto dweight = at::empty({cols}, weight.options()), dbias = at::empty({cols}, weight.options());
   const Exec e = exec_for(xs);
-  const int64_t ws = NK_DISPATCH(e, layernorm_bwd_workspace_floats, rows, cols, e.sm_count);
+  const int64_t ws = NK_DISPATCH(e, layer_norm_bwd_workspace_floats, rows, cols, e.sm_count);
   auto workspace = at::empty({ws}, xs.options().dtype(at::kFloat));
   const auto w = weight.contiguous();
   const auto mean_c = mean.contiguous(), rstd_c = rstd.contiguous();
@@ -166,40 +173,42 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd(
                            w.data_ptr(), mean_c.data_ptr<float>(), rstd_c.data_ptr<float>(),
                            dx.data_ptr(), dweight.data_ptr(), dbias.data_ptr(), workspace.data_ptr<float>(),
                            rows, cols, e.sm_count, dtype};
-  check_launch(NK_DISPATCH(e, layernorm_backward, p, e.stream), "layer_norm backward");
+  check_launch(NK_DISPATCH(e, layer_norm_backward, p, e.stream), "layer_norm backward");
   return {dx, dweight, dbias};
 }
 
-// normal_init_: every argument is checked, for every tensor, before anything is written; the
-// result is one table entry per non-empty tensor.
-std::vector<nk::NormalInitEntry> normal_init_table(const char* op, at::TensorList tensors, at::ArrayRef<double> means,
+// normal_init_: every argument is checked, for every tensor, before anything is written (in
+// the words of nanogpt_kernels/ops/normal_init.py, which checks them first for its callers);
+// the result is one table entry per non-empty tensor.
+std::vector<nk::NormalInitEntry> normal_init_table(at::TensorList tensors, at::ArrayRef<double> means,
                                                    at::ArrayRef<double> stds, at::IntArrayRef streams,
                                                    at::IntArrayRef offsets, int64_t seed) {
   const size_t n = tensors.size();
-  TORCH_CHECK(n > 0, op, ": tensors must not be empty");
-  TORCH_CHECK(means.size() == n, op, ": means must have one entry per tensor (", n, "), got ", means.size());
-  TORCH_CHECK(stds.size() == n, op, ": stds must have one entry per tensor (", n, "), got ", stds.size());
-  TORCH_CHECK(streams.size() == n, op, ": streams must have one entry per tensor (", n, "), got ", streams.size());
-  TORCH_CHECK(offsets.size() == n, op, ": offsets must have one entry per tensor (", n, "), got ", offsets.size());
-  TORCH_CHECK(seed >= 0, op, ": seed must be >= 0, got ", seed);
+  TORCH_CHECK(n > 0, "tensors must not be empty");
+  TORCH_CHECK(means.size() == n, "means must have one entry per tensor (", n, "), got ", means.size());
+  TORCH_CHECK(stds.size() == n, "stds must have one entry per tensor (", n, "), got ", stds.size());
+  TORCH_CHECK(streams.size() == n, "streams must have one entry per tensor (", n, "), got ", streams.size());
+  TORCH_CHECK(offsets.size() == n, "offsets must have one entry per tensor (", n, "), got ", offsets.size());
+  TORCH_CHECK(seed >= 0, "seed must be an int in [0, 2**63), got ", seed);
   const auto device = tensors[0].device();
   std::vector<nk::NormalInitEntry> table;
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& t = tensors[i];
-    const std::string name = std::string(op) + ": tensors[" + std::to_string(i) + "]";
+    const std::string name = "tensors[" + std::to_string(i) + "]";
     const nk::DType dtype = dtype_of(t, name.c_str());
-    TORCH_CHECK(t.device() == device, op, ": all tensors must be on one device: tensors[0] is on ", device,
+    TORCH_CHECK(t.device() == device, "all tensors must be on one device: tensors[0] is on ", device,
                 ", tensors[", i, "] on ", t.device());
-    TORCH_CHECK(t.is_contiguous(), name, " must be contiguous, got strides ", t.strides());
+    TORCH_CHECK(t.is_contiguous(), name, " must be contiguous (a strided view cannot be filled by flat index), ",
+                "got strides ", t.strides());
     // The generator computes in float32: mean and std must be finite there too.
     const float mean = (float)means[i], std = (float)stds[i];
-    TORCH_CHECK(std::isfinite(stds[i]) && stds[i] >= 0 && std::isfinite(std), op, ": stds[", i,
+    TORCH_CHECK(std::isfinite(stds[i]) && stds[i] >= 0 && std::isfinite(std), "stds[", i,
                 "] must be a finite float32 >= 0, got ", stds[i]);
-    TORCH_CHECK(std::isfinite(means[i]) && std::isfinite(mean), op, ": means[", i, "] must be a finite float32, got ",
+    TORCH_CHECK(std::isfinite(means[i]) && std::isfinite(mean), "means[", i, "] must be a finite float32, got ",
                 means[i]);
-    TORCH_CHECK(streams[i] >= 0, op, ": streams[", i, "] must be >= 0, got ", streams[i]);
-    TORCH_CHECK(offsets[i] >= 0 && offsets[i] <= std::numeric_limits<int64_t>::max() - t.numel(), op, ": offsets[", i,
-                "] must be >= 0 with offset + numel < 2**63, got ", offsets[i], " for ", t.numel(), " elements");
+    TORCH_CHECK(streams[i] >= 0, "streams[", i, "] must be an int in [0, 2**63), got ", streams[i]);
+    TORCH_CHECK(offsets[i] >= 0 && offsets[i] <= std::numeric_limits<int64_t>::max() - t.numel(), "offsets[", i,
+                "] must be an int >= 0 (and offset + numel < 2**63), got ", offsets[i]);
     if (t.numel() > 0) {
       table.push_back({t.data_ptr(), t.numel(), offsets[i], (uint64_t)streams[i], mean, std, dtype});
     }
@@ -213,9 +222,9 @@ std::vector<nk::NormalInitEntry> normal_init_table(const char* op, at::TensorLis
   for (size_t k = 1; k < spans.size(); ++k) {
     const at::Tensor& prev = tensors[spans[k - 1].second];
     const uintptr_t prev_end = spans[k - 1].first + (uintptr_t)(prev.numel() * prev.element_size());
-    TORCH_CHECK(spans[k].first >= prev_end, op, ": tensors[", std::min(spans[k - 1].second, spans[k].second),
+    TORCH_CHECK(spans[k].first >= prev_end, "tensors[", std::min(spans[k - 1].second, spans[k].second),
                 "] and tensors[", std::max(spans[k - 1].second, spans[k].second),
-                "] overlap in memory: list each memory once");
+                "] overlap in memory (a tied or viewed parameter listed twice?): list each memory once");
   }
   return table;
 }
@@ -224,7 +233,7 @@ std::vector<nk::NormalInitEntry> normal_init_table(const char* op, at::TensorLis
 // the harness, for tests).
 void cuda_normal_init_(at::TensorList tensors, at::ArrayRef<double> means, at::ArrayRef<double> stds,
                        at::IntArrayRef streams, at::IntArrayRef offsets, int64_t seed) {
-  const auto table = normal_init_table("cuda_normal_init_", tensors, means, stds, streams, offsets, seed);
+  const auto table = normal_init_table(tensors, means, stds, streams, offsets, seed);
   if (table.empty()) return;
   // chunk_prefix[i]: the chunks of the tensors before table[i]; the kernel's grid covers them all.
   std::vector<int64_t> prefix(table.size() + 1, 0);
@@ -257,14 +266,15 @@ void cuda_normal_init_(at::TensorList tensors, at::ArrayRef<double> means, at::A
 #endif
 }
 
-// cpu_normal_init_: the multithreaded, vectorised host path (CPU tensors only).
-void cpu_normal_init_(at::TensorList tensors, at::ArrayRef<double> means, at::ArrayRef<double> stds,
-                      at::IntArrayRef streams, at::IntArrayRef offsets, int64_t seed) {
-  const auto table = normal_init_table("cpu_normal_init_", tensors, means, stds, streams, offsets, seed);
-  TORCH_CHECK(tensors[0].is_cpu(), "cpu_normal_init_: tensors must be CPU tensors, got ", tensors[0].device());
+// host_normal_init_: the multithreaded, vectorised host C++ (csrc/host/normal_init.cpp; CPU
+// tensors only).
+void host_normal_init_(at::TensorList tensors, at::ArrayRef<double> means, at::ArrayRef<double> stds,
+                       at::IntArrayRef streams, at::IntArrayRef offsets, int64_t seed) {
+  const auto table = normal_init_table(tensors, means, stds, streams, offsets, seed);
+  TORCH_CHECK(tensors[0].is_cpu(), "host_normal_init_: tensors must be CPU tensors, got ", tensors[0].device());
   if (table.empty()) return;
   const char* err = nk_host::normal_init(table.data(), (int)table.size(), (uint64_t)seed, at::get_num_threads());
-  TORCH_CHECK(err == nullptr, "cpu_normal_init_: ", err);
+  TORCH_CHECK(err == nullptr, "host_normal_init_: ", err);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -275,9 +285,7 @@ void cpu_normal_init_(at::TensorList tensors, at::ArrayRef<double> means, at::Ar
 void check_bhtd(const at::Tensor& t, const char* name, const at::Tensor& q) {
   TORCH_CHECK(t.dim() == 4, name, " must be 4-D [B, H, T, D], got shape ", t.sizes());
   TORCH_CHECK(t.sizes() == q.sizes(), name, " must have the shape of q ", q.sizes(), ", got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == q.scalar_type(), name, " must have the dtype of q (", q.scalar_type(), "), got ",
-              t.scalar_type());
-  TORCH_CHECK(t.device() == q.device(), name, " must be on ", q.device(), ", got ", t.device());
+  check_dtype_device(t, name, q, "q");
   TORCH_CHECK(t.size(3) <= 1 || t.stride(3) == 1, name, " must have unit stride along head_dim, got strides ",
               t.strides());
 }
@@ -301,8 +309,8 @@ void check_attention_args(const at::Tensor& q, std::initializer_list<std::pair<c
   for (const auto& [t, name] : others) check_bhtd(*t, name, q);
   check_lse(lse, q);
   dtype_of(q, "q");
-  TORCH_CHECK(nk::attention_head_dim_supported((int)q.size(3)), "q: head_dim must be 16, 32, 64, 80, 96 or 128, got ",
-              q.size(3));
+  TORCH_CHECK(nk::attention_head_dim_supported((int)q.size(3)), "q: head_dim (last dimension) must be one of ",
+              nk::attention_head_dims_text(), " on the kernel backends, got ", q.size(3));
   TORCH_CHECK(dropout_threshold >= 0 && dropout_threshold <= 0xffffffffLL,
               "dropout_threshold must be in [0, 2^32), got ", dropout_threshold);
   TORCH_CHECK(std::isfinite(dropout_scale) && dropout_scale >= 1.0, "dropout_scale must be >= 1, got ",
@@ -343,12 +351,11 @@ void cuda_attention_bwd(const at::Tensor& dout, const at::Tensor& q, const at::T
 // ---------------------------------------------------------------------------------------
 // MLP building blocks: nanogpt_kernels/ops/mlp.py composes the fused GELU-MLP from these.
 
-void check_matrix(const at::Tensor& t, const char* name, const at::Tensor& like, int64_t rows, int64_t cols) {
+void check_matrix(const at::Tensor& t, const char* name, const at::Tensor& like, const char* like_name, int64_t rows,
+                  int64_t cols) {
   TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, name, " must have shape [", rows, ", ", cols,
               "], got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " must have dtype ", like.scalar_type(), ", got ",
-              t.scalar_type());
-  TORCH_CHECK(t.device() == like.device(), name, " must be on ", like.device(), ", got ", t.device());
+  check_dtype_device(t, name, like, like_name);
 }
 
 void cuda_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& d, const std::optional<at::Tensor>& d2,
@@ -357,8 +364,8 @@ void cuda_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& d, co
   const nk::DType dtype = dtype_of(a, "a");
   TORCH_CHECK(a.dim() == 2 && b.dim() == 2, "a and b must be 2-D, got shapes ", a.sizes(), " and ", b.sizes());
   const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
-  check_matrix(b, "b", a, k, n);
-  check_matrix(d, "d", a, m, n);
+  check_matrix(b, "b", a, "a", k, n);
+  check_matrix(d, "d", a, "a", m, n);
   TORCH_CHECK(a.stride(0) == 1 || a.stride(1) == 1, "a must be row- or column-major, got strides ", a.strides());
   TORCH_CHECK(b.stride(0) == 1 || b.stride(1) == 1, "b must be row- or column-major, got strides ", b.strides());
   TORCH_CHECK(n <= 1 || d.stride(1) == 1, "d must have unit column stride, got strides ", d.strides());
@@ -369,17 +376,17 @@ void cuda_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& d, co
   if (bias) {
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n && bias->is_contiguous(), "bias must be contiguous [", n,
                 "], got ", bias->sizes());
-    check_matrix(bias->view({1, n}), "bias", a, 1, n);
+    check_matrix(bias->view({1, n}), "bias", a, "a", 1, n);
   }
   TORCH_CHECK(ep != nk::Epilogue::bias || bias, "the bias epilogue needs a bias");
   TORCH_CHECK(ep != nk::Epilogue::bias_gelu || d2, "the bias_gelu epilogue needs d2");
   if (d2) {
-    check_matrix(*d2, "d2", a, m, n);
+    check_matrix(*d2, "d2", a, "a", m, n);
     TORCH_CHECK(n <= 1 || d2->stride(1) == 1, "d2 must have unit column stride, got strides ", d2->strides());
   }
   if (ep == nk::Epilogue::gelu_grad) {
     TORCH_CHECK(aux, "the gelu_grad epilogue needs aux");
-    check_matrix(*aux, "aux", a, m, n);
+    check_matrix(*aux, "aux", a, "a", m, n);
     TORCH_CHECK(n <= 1 || aux->stride(1) == 1, "aux must have unit column stride, got strides ", aux->strides());
   }
   if (m == 0 || n == 0) return;
@@ -398,7 +405,7 @@ void cuda_column_sum(const at::Tensor& x, const at::Tensor& out) {
   TORCH_CHECK(x.size(1) <= 1 || x.stride(1) == 1, "x must have unit column stride, got strides ", x.strides());
   TORCH_CHECK(out.dim() == 1 && out.size(0) == x.size(1) && out.is_contiguous(), "out must be contiguous [",
               x.size(1), "], got ", out.sizes());
-  check_matrix(out.view({1, out.size(0)}), "out", x, 1, x.size(1));
+  check_matrix(out.view({1, out.size(0)}), "out", x, "x", 1, x.size(1));
   if (x.size(1) == 0) return;
   if (x.size(0) == 0) {
     out.zero_();
@@ -422,7 +429,7 @@ TORCH_LIBRARY(nanogpt_kernels, m) {
         "-> (Tensor dx, Tensor dweight, Tensor dbias)");
   m.def("cuda_normal_init_(Tensor(a!)[] tensors, float[] means, float[] stds, int[] streams, int[] offsets, "
         "int seed) -> ()");
-  m.def("cpu_normal_init_(Tensor(a!)[] tensors, float[] means, float[] stds, int[] streams, int[] offsets, "
+  m.def("host_normal_init_(Tensor(a!)[] tensors, float[] means, float[] stds, int[] streams, int[] offsets, "
         "int seed) -> ()");
   m.def("cuda_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor(a!) o, Tensor(b!) lse, float scale, "
         "int dropout_threshold, float dropout_scale, int seed) -> ()");
@@ -437,7 +444,7 @@ TORCH_LIBRARY_IMPL(nanogpt_kernels, CPU, m) {
   m.impl("cuda_layer_norm_fwd", &layer_norm_fwd);
   m.impl("cuda_layer_norm_bwd", &layer_norm_bwd);
   m.impl("cuda_normal_init_", &cuda_normal_init_);
-  m.impl("cpu_normal_init_", &cpu_normal_init_);
+  m.impl("host_normal_init_", &host_normal_init_);
   m.impl("cuda_attention_fwd", &cuda_attention_fwd);
   m.impl("cuda_attention_bwd", &cuda_attention_bwd);
   m.impl("cuda_gemm", &cuda_gemm);
@@ -456,16 +463,29 @@ TORCH_LIBRARY_IMPL(nanogpt_kernels, CUDA, m) {
 }
 #endif
 
-// `import nanogpt_kernels._C` loads this library, which registers the ops above.
+// `import nanogpt_kernels._C` loads this library, which registers the ops above. Its
+// attributes are the build's CUDA flag and the kernels' limits, which tests/test_limits.py
+// compares with nanogpt_kernels/_limits.py.
 extern "C" PyObject* PyInit__C(void) {
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   PyObject* m = PyModule_Create(&module);
-  if (m != nullptr) {
+  if (m == nullptr) return nullptr;
 #ifdef NK_WITH_CUDA
-    PyModule_AddIntConstant(m, "WITH_CUDA", 1);
+  PyModule_AddIntConstant(m, "WITH_CUDA", 1);
 #else
-    PyModule_AddIntConstant(m, "WITH_CUDA", 0);
+  PyModule_AddIntConstant(m, "WITH_CUDA", 0);
 #endif
+  PyObject* head_dims = PyTuple_New((Py_ssize_t)std::size(nk::kAttentionHeadDims));
+  for (size_t i = 0; head_dims != nullptr && i < std::size(nk::kAttentionHeadDims); ++i) {
+    PyTuple_SET_ITEM(head_dims, (Py_ssize_t)i, PyLong_FromLong(nk::kAttentionHeadDims[i]));
+  }
+  const bool ok = head_dims != nullptr && PyModule_AddObjectRef(m, "ATTENTION_HEAD_DIMS", head_dims) == 0 &&
+                  PyModule_AddIntConstant(m, "LAYER_NORM_MAX_HIDDEN", (long)nk::kLayerNormMaxCols) == 0 &&
+                  PyModule_AddIntConstant(m, "MAX_SHARED_BYTES_PER_BLOCK", (long)nk::kMaxSharedBytesPerBlock) == 0;
+  Py_XDECREF(head_dims);
+  if (!ok) {
+    Py_DECREF(m);
+    return nullptr;
   }
   return m;
 }

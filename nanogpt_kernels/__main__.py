@@ -1,4 +1,5 @@
-"""Command line: `python -m nanogpt_kernels check | demo | bench | kernels`.
+"""Command line: `python -m nanogpt_kernels check | demo` (the developer tools `bench` and
+`kernels` run from the source checkout: `python -m tools bench | kernels`).
 
 check: runs every op on every backend this install can run on the current device (a GPU if
 torch sees one, else the CPU, where "triton" is Triton's interpreter and "cuda" is our CUDA
@@ -143,7 +144,7 @@ def check(device: torch.device, rows: int, hidden: int) -> bool:
 def check_normal_init(device: torch.device, backends) -> bool:
     """normal_init_ must give eager's bits exactly: the row's error is the count of differing
     elements, and the tolerance is zero."""
-    from nanogpt_kernels.ops.normal_init import normal_eager
+    from nanogpt_kernels.ops.normal_init_gen import normal_eager
 
     # None is the default path: on CPU tensors our multithreaded C++ code.
     candidates = [b for b in backends if b != "eager"] + ([None] if device.type == "cpu" else [])
@@ -167,24 +168,19 @@ def check_normal_init(device: torch.device, backends) -> bool:
     return ok
 
 
-# Subcommands with parsers of their own: the rest of the command line goes to their main().
-DELEGATED = {
-    "bench": ("nanogpt_kernels.bench", "benchmark every op and a GPT training step against the alternatives"),
-    "kernels": ("nanogpt_kernels.kernels_report",
-                "compile every kernel for sm_80/sm_90a and report registers, spills, shared memory, occupancy"),
-}
+# Contributor tools: they read the source checkout, so they live beside the package (tools/), not
+# in what a wheel installs.
+DEVELOPER_TOOLS = ("bench", "kernels")
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in DELEGATED:
-        import importlib
-
-        return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
+    if argv and argv[0] in DEVELOPER_TOOLS:
+        print(f"`{argv[0]}` is a developer tool that needs the source checkout: from a clone of the repository "
+              f"run `python -m tools {argv[0]} ...`", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(prog="python -m nanogpt_kernels", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (_, help_text) in DELEGATED.items():
-        sub.add_parser(name, help=help_text + f" (python -m nanogpt_kernels {name} --help)")
     p = sub.add_parser("check", help="run every op on every available backend against eager PyTorch")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--rows", type=int, default=None, help="rows (default 4096 on a GPU, 64 on the CPU)")

@@ -10,10 +10,13 @@ Nothing here queries CUDA or compiles anything at import time.
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import importlib.util
 import os
 
 import torch
+
+from nanogpt_kernels._build_flags import SUPPORTED_TRITON
 
 BACKENDS = ("eager", "triton", "cuda")
 ENV_VAR = "NANOGPT_KERNELS_BACKEND"
@@ -63,6 +66,21 @@ def extension_error() -> str | None:
     return str(ext) if isinstance(ext, ImportError) else None
 
 
+def _torch_mismatch() -> str | None:
+    """A sentence when this torch is not the one the extension was built against (which the
+    install's metadata pins), the usual reason for _C failing to load; else None."""
+    try:
+        requirements = importlib.metadata.requires("nanogpt-kernels") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for requirement in requirements:
+        if requirement.startswith("torch=="):
+            built = requirement.removeprefix("torch==").split(";")[0].strip()
+            if built != torch.__version__.split("+")[0]:
+                return f"it was built against torch {built}, and this is torch {torch.__version__}"
+    return None
+
+
 def cuda_built() -> bool:
     """True when the extension was compiled with nvcc (its GPU kernels exist)."""
     ext = _extension()
@@ -74,6 +92,24 @@ def triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+@functools.lru_cache(maxsize=None)
+def triton_version() -> str:
+    return importlib.metadata.version("triton")
+
+
+def _triton_problem(device_type: str) -> str | None:
+    """Why the installed Triton cannot run our kernels on `device_type`, or None."""
+    if not triton_installed():
+        return "Triton is not installed; `pip install triton` (it comes with CUDA builds of torch)."
+    version = triton_version()
+    if ".".join(version.split(".")[:2]) != SUPPORTED_TRITON:
+        return (f"Triton {version} is installed, and nanogpt_kernels' Triton kernels support Triton "
+                f"{SUPPORTED_TRITON}.x only; `pip install 'triton~={SUPPORTED_TRITON}.0'`.")
+    if device_type == "cpu" and importlib.util.find_spec("numpy") is None:
+        return "Triton's interpreter, which runs our Triton kernels on CPU tensors, needs numpy; `pip install numpy`."
+    return None
+
+
 def _why_unavailable(backend: str, device: torch.device) -> str | None:
     """None when `backend` can run on `device`, else a sentence saying why not and what to do."""
     if backend not in BACKENDS:
@@ -83,16 +119,16 @@ def _why_unavailable(backend: str, device: torch.device) -> str | None:
     if device.type == "cuda" and not torch.cuda.is_available():
         return "no CUDA GPU is visible to torch (torch.cuda.is_available() is False)."
     if backend == "triton":
-        if not triton_installed():
-            return "Triton is not installed; `pip install triton` (it comes with CUDA builds of torch)."
         if device.type not in ("cuda", "cpu"):
             return f"Triton kernels run on CUDA tensors (or CPU tensors in the interpreter), got {device}."
-        return None
+        return _triton_problem(device.type)
     if backend == "cuda":
         err = extension_error()
         if err is not None:
+            mismatch = _torch_mismatch()
             return ("the compiled extension nanogpt_kernels._C failed to import "
-                    f"({err}); reinstall with `pip install --no-build-isolation -e .`.")
+                    f"({err}){'; ' + mismatch if mismatch else ''}; reinstall with "
+                    "`pip install --no-build-isolation -e .` (or `.`) against the torch you run.")
         if device.type == "cuda" and not cuda_built():
             return ("the extension was built without CUDA kernels (no nvcc or a CPU build of torch at "
                     "install time, or NANOGPT_KERNELS_SKIP_CUDA was set); reinstall with CUDA_HOME "

@@ -1,5 +1,6 @@
 """Argument checks shared by the public ops: each failure names the argument and what was
-expected, and raises (never `assert`, which -O removes)."""
+expected, and raises (never `assert`, which -O removes); and the one layout the kernels of
+every op require."""
 from __future__ import annotations
 
 import torch
@@ -23,3 +24,9 @@ def check_like(t, name: str, ref: torch.Tensor, ref_name: str, *, shape) -> None
         raise TypeError(f"{name} must have the dtype of {ref_name} ({ref.dtype}), got {t.dtype}")
     if t.device != ref.device:
         raise ValueError(f"{name} must be on the device of {ref_name} ({ref.device}), got {t.device}")
+
+
+def unit_last_stride(t: torch.Tensor) -> torch.Tensor:
+    """`t`, or a contiguous copy when its last dimension is strided: every kernel takes any
+    other strides but needs the elements of a row (a matrix row, a head's vector) adjacent."""
+    return t if t.stride(-1) == 1 or t.size(-1) <= 1 else t.contiguous()

@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from nanogpt_kernels import nn as nk_nn
+from nanogpt_kernels._limits import ATTENTION_HEAD_DIMS
 from nanogpt_kernels.model import GPT, BackendSpec, resolve_backends
-from nanogpt_kernels.ops.attention import KERNEL_HEAD_DIMS, causal_attention
+from nanogpt_kernels.ops.attention import causal_attention
 from nanogpt_kernels.ops.mlp import gelu_mlp
 
 _ORIGINAL = "_nk_original"
@@ -100,7 +101,7 @@ class HFGPT2Attention(nn.Module):
         self.attn_dropout, self.resid_dropout = original.attn_dropout, original.resid_dropout
         self.embed_dim, self.num_heads = original.embed_dim, original.num_heads
         self.head_dim, self.split_size = original.head_dim, original.split_size
-        self.layer_idx, self.scaling = original.layer_idx, hf_attention_scale(original)
+        self.layer_idx, self.scaling = original.layer_idx, _hf_attention_scale(original)
         self.backend = backend
 
     def forward(self, hidden_states, cache=None, attention_mask=None, encoder_hidden_states=None,
@@ -152,7 +153,7 @@ class _MaskedCausalSelfAttention(nk_nn.CausalSelfAttention):
         nn.Module._load_from_state_dict(self, *args, **kwargs)
 
 
-def hf_attention_scale(attn: nn.Module) -> float:
+def _hf_attention_scale(attn: nn.Module) -> float:
     """The score scale a HuggingFace GPT2Attention applies, from its config flags."""
     scale = attn.head_dim ** -0.5 if attn.scale_attn_weights else 1.0
     if attn.scale_attn_by_inverse_layer_idx:
@@ -187,7 +188,7 @@ def _is_conv1d(m) -> bool:
     return type(m).__name__ == "Conv1D" and hasattr(m, "weight") and hasattr(m, "nf")
 
 
-def _fuse_layernorm(m: nn.Module, backend):
+def _fuse_layer_norm(m: nn.Module, backend):
     if isinstance(m, nn.LayerNorm):
         if not m.elementwise_affine or m.weight is None:
             raise _Skip("no elementwise affine weight")
@@ -211,8 +212,8 @@ def _fuse_layernorm(m: nn.Module, backend):
 
 
 def _check_head_dim(head_dim, backend):
-    if backend != "eager" and head_dim not in KERNEL_HEAD_DIMS:
-        raise _Skip(f"head_dim {head_dim} is not one the kernels support {KERNEL_HEAD_DIMS}")
+    if backend != "eager" and head_dim not in ATTENTION_HEAD_DIMS:
+        raise _Skip(f"head_dim {head_dim} is not one the kernels support {ATTENTION_HEAD_DIMS}")
 
 
 def _fuse_attention(m: nn.Module, backend):
@@ -290,7 +291,7 @@ def _fuse_mlp(m: nn.Module, backend):
     return new, ""
 
 
-_FUSERS = {"layernorm": _fuse_layernorm, "attention": _fuse_attention, "mlp": _fuse_mlp}
+_FUSERS = {"layernorm": _fuse_layer_norm, "attention": _fuse_attention, "mlp": _fuse_mlp}
 
 
 # --------------------------------------------------------------------------------------------
@@ -372,5 +373,4 @@ def _qualname(m: nn.Module) -> str:
     return f"{module}.{cls.__name__}" if module.startswith("nk.") else cls.__name__
 
 
-__all__ = ["fuse", "unfuse", "FuseReport", "Swap", "LeftAlone", "HFGPT2Attention", "HFGPT2MLP",
-           "hf_attention_scale"]
+__all__ = ["fuse", "unfuse", "FuseReport", "Swap", "LeftAlone", "HFGPT2Attention", "HFGPT2MLP"]

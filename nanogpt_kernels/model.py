@@ -65,7 +65,8 @@ class GPTConfig:
 
 
 class Block(nn.Module):
-    """nanoGPT's Block: x + attn(ln_1(x)), then + mlp(ln_2(x)); the first add is fused with ln_2."""
+    """nanoGPT's Block, x + attn(ln_1(x)) then + mlp(ln_2(x)), on the residual stream as GPT
+    passes it from block to block: each add is fused with the LayerNorm that follows it."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -75,9 +76,15 @@ class Block(nn.Module):
         self.ln_2 = nk_nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = nk_nn.MLP(config.n_embd, bias=config.bias, dropout=config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, h = _add_ln(x, self.attn(self.ln_1(x)), self.ln_2)
-        return x + self.mlp(h)
+    def forward(self, x: torch.Tensor, h: torch.Tensor | None = None, next_ln: nk_nn.LayerNorm | None = None):
+        """block(x) is nanoGPT's: the residual stream after this block. GPT passes the stream
+        on fused: h = ln_1(x), which the previous block's last add (or GPT, for the first
+        block) computed with it, and next_ln, the next block's ln_1 (ln_f after the last
+        block); then it returns (x', next_ln(x')), the last add done by next_ln's kernel."""
+        x, h = _add_ln(x, self.attn(self.ln_1(x) if h is None else h), self.ln_2)
+        if next_ln is None:
+            return x + self.mlp(h)
+        return _add_ln(x, self.mlp(h), next_ln)
 
 
 def _add_ln(x, residual, ln: nk_nn.LayerNorm):
@@ -162,13 +169,10 @@ class GPT(nn.Module):
         if len(blocks) == 0:
             h = ln_f(x)
         else:
-            # x is the residual stream, h the LayerNorm output the next sublayer reads; each
-            # residual add is done by the add_layer_norm of the LayerNorm that follows it.
+            # x is the residual stream, h the LayerNorm output the next sublayer reads.
             h = blocks[0].ln_1(x)
             for i, block in enumerate(blocks):
-                x, h = _add_ln(x, block.attn(h), block.ln_2)
-                next_ln = blocks[i + 1].ln_1 if i + 1 < len(blocks) else ln_f
-                x, h = _add_ln(x, block.mlp(h), next_ln)
+                x, h = block(x, h, blocks[i + 1].ln_1 if i + 1 < len(blocks) else ln_f)
         if targets is not None:
             logits = self.lm_head(h)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)

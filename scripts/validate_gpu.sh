@@ -56,8 +56,8 @@ step() {  # step NAME TIMEOUT_S COMMAND...: runs it, logs it, records result and
 started=$(date +%s)
 step build-and-check 600 ./dev.sh check
 step tests 900 "$PY" -m pytest tests -q -p no:cacheprovider --durations=20 --junitxml="$OUT/tests.xml"
-step kernels 600 "$PY" -m nanogpt_kernels.kernels_report --json "$OUT/kernels.json"
-step bench 900 "$PY" -m nanogpt_kernels.bench $QUICK --out "$OUT/bench"
+step kernels 600 "$PY" -m tools kernels --json "$OUT/kernels.json"
+step bench 900 "$PY" -m tools bench $QUICK --out "$OUT/bench"
 
 {
   echo "# GPU validation: $(date -u +%Y-%m-%dT%H:%M:%SZ)"

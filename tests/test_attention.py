@@ -15,7 +15,7 @@ from nanogpt_kernels.testing import max_error, tolerance
 from nanogpt_kernels.triton import attention as triton_attention
 
 import nanogpt_reference as nanogpt
-from triton_launches import record_launches, specialization
+from tools.triton_configs import derive_configs, record_launches, specialization
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 KERNEL_BACKENDS = ["triton", "cuda"]
@@ -209,23 +209,23 @@ TRITON_KERNELS = ("_attention_fwd_kernel", "_attention_bwd_preprocess_kernel", "
 PER_CALL_ARGS = ("dropout_threshold", "seed_lo", "seed_hi")
 
 
-def test_triton_seed_and_threshold_reuse_one_compiled_kernel(monkeypatch):
+def test_triton_seed_and_threshold_reuse_one_compiled_kernel():
     """Triton specialises integer arguments equal to 1 or divisible by 16: a seed passed that
     way would compile a new kernel about one training step in sixteen. Seeds whose halves fall
     in every class (0, 1, 16, 17, 2^31 as int32 bits) and thresholds divisible by 16 (p = 0.5)
     or not must give every kernel one cache key, with the dropout arguments specialised as
-    the compile check's configs declare them (plain i32, no divisibility)."""
-    launches = record_launches(monkeypatch, triton_attention, *TRITON_KERNELS)
+    the kernel report's derived configs have them (plain i32, no divisibility)."""
     q = torch.empty(2, 3, 40, 64, dtype=torch.float16)
     lse = torch.empty(2, 3, 40)
     seeds = (0, 1, 16, 17, 2**32 + 1, 2**63 + 16 * 2**32 + 16, 2**64 - 1)
     cases = [(seed, p) for seed in seeds for p in (0.1, 0.5)]
-    for seed, p in cases:
-        args = (0.125, attn_ops.dropout_threshold(p), 1 / (1 - p), seed)
-        triton_attention.attention_fwd(q, q, q, q, lse, *args)
-        triton_attention.attention_bwd(q, q, q, q, q, lse, q, q, q, *args)
+    with record_launches(triton_attention, *TRITON_KERNELS) as launches:
+        for seed, p in cases:
+            args = (0.125, attn_ops.dropout_threshold(p), 1 / (1 - p), seed)
+            triton_attention.attention_fwd(q, q, q, q, lse, *args)
+            triton_attention.attention_bwd(q, q, q, q, q, lse, q, q, q, *args)
     assert len(launches) == 4 * len(cases)
-    configs = triton_attention.compile_configs()
+    configs = derive_configs(triton_attention)
     for first in launches[:4]:
         name = first.kernel.fn.__name__
         keys = {specialization(launch)[1] for launch in launches if launch.kernel is first.kernel}
@@ -239,25 +239,25 @@ def test_triton_seed_and_threshold_reuse_one_compiled_kernel(monkeypatch):
                         assert config["signature"][arg] == "i32" and (i,) not in config["attrs"], config["name"]
 
 
-def test_triton_grid_limit_on_query_blocks(monkeypatch):
+def test_triton_grid_limit_on_query_blocks():
     """Row blocks run along grid axis 1, which holds 65535: at 64-row blocks (the
     interpreter's) T = 64 * 65535 launches, one row more is refused with a clear error instead
     of failing on a GPU at launch."""
-    launches = record_launches(monkeypatch, triton_attention, *TRITON_KERNELS)
 
     def inputs(T):
         return torch.empty(1, 1, 1, 16, dtype=torch.float16).expand(1, 2, T, 16), torch.empty(1, 2, T)
 
-    q, lse = inputs(64 * 65535)
-    triton_attention.attention_fwd(q, q, q, q, lse, 0.25, 0, 1.0, 0)
-    triton_attention.attention_bwd(q, q, q, q, q, lse, q, q, q, 0.25, 0, 1.0, 0)
-    assert [launch.grid for launch in launches] == [(2, 65535)] * 4
-    q, lse = inputs(64 * 65535 + 1)
-    message = rf"attention: q of shape \(1, 2, {64 * 65535 + 1}, 16\) needs 65536 programs along grid axis 1"
-    with pytest.raises(ValueError, match=message):
+    with record_launches(triton_attention, *TRITON_KERNELS) as launches:
+        q, lse = inputs(64 * 65535)
         triton_attention.attention_fwd(q, q, q, q, lse, 0.25, 0, 1.0, 0)
-    with pytest.raises(ValueError, match=message):
         triton_attention.attention_bwd(q, q, q, q, q, lse, q, q, q, 0.25, 0, 1.0, 0)
+        assert [launch.grid for launch in launches] == [(2, 65535)] * 4
+        q, lse = inputs(64 * 65535 + 1)
+        message = rf"attention: q of shape \(1, 2, {64 * 65535 + 1}, 16\) needs 65536 programs along grid axis 1"
+        with pytest.raises(ValueError, match=message):
+            triton_attention.attention_fwd(q, q, q, q, lse, 0.25, 0, 1.0, 0)
+        with pytest.raises(ValueError, match=message):
+            triton_attention.attention_bwd(q, q, q, q, q, lse, q, q, q, 0.25, 0, 1.0, 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,7 +290,8 @@ def test_cpp_op_checks():
     nk._backend.load_extension()
     q = torch.randn(1, 2, 8, 32)
     lse = torch.empty(1, 2, 8)
-    with pytest.raises(RuntimeError, match="head_dim must be 16, 32"):
+    with pytest.raises(RuntimeError, match=r"q: head_dim \(last dimension\) must be one of 16, 32, 64, 80, 96, 128 on "
+                                           "the kernel backends, got 48"):
         x = torch.randn(1, 2, 8, 48)
         torch.ops.nanogpt_kernels.cuda_attention_fwd(x, x, x, torch.empty_like(x), lse, 1.0, 0, 1.0, 0)
     with pytest.raises(RuntimeError, match="lse must be a contiguous float32"):

@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 
-from nanogpt_kernels._compile_check import _demangle, _parse_ptxas, _report, format_table
 from test_harness import CXX, ROOT, nvcc_object, run
 from test_harness_mma import ARCHS, sass_by_function
+from tools.kernels import format_table, from_ptxas
 
 SOURCE = "tests/harness/attention_test.cu"
 # -O2, not the harness tests' -O1: the driver runs ~10^6 emulated mma.sync and ldmatrix
@@ -41,8 +41,7 @@ def test_attention_resources(attention_object):
     """No spills, no local memory, static shared memory only below the limit (the dynamic
     part is checked against 163 KB by static_asserts in attention.cu)."""
     _, log = attention_object
-    entries = _parse_ptxas(log)
-    reports = [_report("cuda", name, e) for name, e in zip(_demangle([e.name for e in entries]), entries)]
+    reports = from_ptxas(log, "csrc/attention.cu")
     table = format_table(reports)
     # Per dtype and head dim: forward, dQ, dK/dV (3 dtypes x 6 head dims), and delta (3).
     for arch in ARCHS:

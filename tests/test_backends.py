@@ -1,4 +1,6 @@
 """Backend selection: defaults, the environment variable, and errors that say why."""
+import re
+
 import pytest
 import torch
 
@@ -55,6 +57,25 @@ def test_missing_triton_says_so(monkeypatch):
     monkeypatch.setattr(_backend, "triton_installed", lambda: False)
     with pytest.raises(nk.BackendUnavailableError, match="Triton is not installed"):
         _backend.resolve_backend("triton", torch.device("cpu"))
+
+
+def test_extension_for_another_torch_says_so(monkeypatch):
+    """A _C built against another torch fails to load (undefined symbols): the message names
+    both versions, from the install's pinned requirement."""
+    import importlib.metadata
+
+    monkeypatch.setattr(_backend, "_extension", lambda: ImportError("undefined symbol: _ZN3c10..."))
+    monkeypatch.setattr(importlib.metadata, "requires", lambda name: ["torch==2.13.0", "numpy"])
+    with pytest.raises(nk.BackendUnavailableError,
+                       match=rf"built against torch 2\.13\.0, and this is torch {re.escape(torch.__version__)}"):
+        _backend.resolve_backend("cuda", torch.device("cpu"))
+
+
+def test_unsupported_triton_says_which(monkeypatch):
+    monkeypatch.setattr(_backend, "triton_version", lambda: "3.9.1")
+    with pytest.raises(nk.BackendUnavailableError, match=r"Triton 3\.9\.1 is installed, .* support Triton 3\.8\.x only"):
+        _backend.resolve_backend("triton", torch.device("cpu"))
+    assert "triton" not in nk.available_backends("cpu")
 
 
 def test_unknown_backend():

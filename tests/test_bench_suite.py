@@ -1,20 +1,16 @@
-"""The benchmark suite (`python -m nanogpt_kernels bench`) in its CPU smoke mode: every output
+"""The benchmark suite (`python -m tools bench`) in its CPU smoke mode: every output
 file is written with the expected columns, every op is covered, plots are real PNGs, the
 summary says these are not GPU figures; a failing or missing provider is a record, never a
 crash; and the roofline arithmetic matches hand-computed values."""
 import csv
 import json
-import pathlib
 import sys
 
 import pytest
 import torch
 
-from nanogpt_kernels import bench
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
-import common  # noqa: E402
-import roofline  # noqa: E402
+from benchmarks import bench_e2e, common, roofline
+from tools import bench
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -101,8 +97,6 @@ def test_plots_are_pngs(smoke_run):
 
 
 def test_end_to_end_rows(smoke_run):
-    import bench_e2e
-
     _, out = smoke_run
     rows = [r for r in json.loads((out / "results.json").read_text())["results"]
             + json.loads((out / "results.json").read_text())["skipped"] if r["op"] == "gpt2_train_step"]
@@ -155,9 +149,9 @@ def test_exit_status_on_wrong_results(tmp_path, monkeypatch):
     wrong = {"op": "layer_norm", "provider": "cuda", "mode": "*", "shape": "rows=1 hidden=8", "size": 8,
              "dtype": "bfloat16", "status": "invalid", "reason": "y: max error 1 > tolerance 0.01", "valid": False,
              "smoke": True}
-    monkeypatch.setattr(bench, "run_suite", lambda ops, settings, common: [wrong])
+    monkeypatch.setattr(bench, "run_suite", lambda ops, settings: [wrong])
     assert bench.main(["--ops", "layernorm", "--out", str(tmp_path)]) == 1
-    monkeypatch.setattr(bench, "run_suite", lambda ops, settings, common: [{**wrong, "provider": "apex"}])
+    monkeypatch.setattr(bench, "run_suite", lambda ops, settings: [{**wrong, "provider": "apex"}])
     assert bench.main(["--ops", "layer_norm", "--out", str(tmp_path)]) == 0  # a peer's numbers are not ours
 
 
@@ -173,7 +167,8 @@ def test_progress_without_tqdm(monkeypatch, capsys):
     progress.step("layer_norm rows=8")
     progress.log("a line")
     progress.close()
-    assert capsys.readouterr().out.splitlines() == ["[1/2] layer_norm rows=8", "a line"]
+    out, err = capsys.readouterr()
+    assert (out, err) == ("a line\n", "[1/2] layer_norm rows=8\n")
 
 
 # -- roofline arithmetic, against hand-computed values -----------------------------------------------
@@ -225,17 +220,26 @@ def test_roofline_bounds():
     assert roofline.attainable_flops(1000, 1e14, 1e12) == 1e14
 
 
-def test_datasheet_peaks():
-    assert roofline.datasheet_peaks("NVIDIA H100 80GB HBM3")["flops"] == 989e12
-    assert roofline.datasheet_peaks("NVIDIA A100-SXM4-80GB")["flops"] == 312e12
-    assert roofline.datasheet_peaks("NVIDIA A100-SXM4-80GB")["bandwidth"] == 2.039e12
+@pytest.mark.parametrize("name, flops, bandwidth", [
+    ("NVIDIA H100 80GB HBM3", 989e12, 3.35e12),
+    ("NVIDIA H100 PCIe", 756e12, 2.0e12),
+    ("NVIDIA H100 NVL", 835e12, 3.9e12),
+    ("NVIDIA H200", 989e12, 4.8e12),
+    ("NVIDIA GH200 480GB", 989e12, 4.0e12),  # not an H200
+    ("NVIDIA A100-SXM4-80GB", 312e12, 2.039e12),
+    ("NVIDIA A100-SXM4-40GB", 312e12, 1.555e12),
+    ("NVIDIA A100-PCIE-40GB", 312e12, 1.555e12),
+    ("NVIDIA A100 80GB PCIe", 312e12, 1.935e12),  # not the SXM part's bandwidth
+])
+def test_datasheet_peaks(name, flops, bandwidth):
+    peaks = roofline.datasheet_peaks(name)
+    assert (peaks["flops"], peaks["bandwidth"]) == (flops, bandwidth)
+    assert roofline.datasheet_peaks("NVIDIA GeForce RTX 4090") is None
     assert roofline.datasheet_peaks("NVIDIA H100 PCIe")["flops"] == 756e12
     assert roofline.datasheet_peaks("Tesla T4") is None and roofline.datasheet_peaks(None) is None
 
 
 def test_e2e_flops_per_token():
-    import bench_e2e
-
     model = torch.nn.Module()
     model.transformer = torch.nn.ModuleDict({"wpe": torch.nn.Embedding(16, 8)})
     model.lm_head = torch.nn.Linear(8, 10, bias=False)

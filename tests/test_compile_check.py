@@ -1,27 +1,21 @@
-"""Every CUDA kernel and Triton config compiles for sm_80 and sm_90a with no spills and with
-shared memory within the per-block limit; no GPU needed (nvcc is: without it these fail,
-never skip). Plus proof that the check catches what it claims to catch."""
+"""The ahead-of-time resource check of tools/kernels.py catches what it claims to catch: a
+register spill (CUDA) and a Triton config over the arch's shared memory; and Triton still
+compiles for GPUs after kernels ran in its interpreter in the same process. No GPU needed
+(nvcc is: without it these fail, never skip). That every real kernel passes the check is
+tests/test_kernels_report.py's whole-tree run."""
 import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
 
-from nanogpt_kernels._compile_check import cuda_reports, format_table, triton_reports
+import torch
 
+from tools import kernels
+from tools.triton_configs import PROBES
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 ARCHS = ("sm_80", "sm_90a")
-
-
-def assert_clean(reports):
-    table = format_table(reports)
-    for arch in ARCHS:
-        assert any(r.arch == arch for r in reports), f"no kernel reported for {arch}:\n{table}"
-    assert not any(r.problems for r in reports), f"kernels with problems:\n{table}"
-
-
-def test_cuda_kernels_fit():
-    assert_clean(cuda_reports())
-
-
-def test_triton_kernels_fit():
-    assert_clean(triton_reports())
-
 
 # __launch_bounds__(1024, 2) caps the kernel at 65536 / 2048 = 32 registers per thread, and
 # 128 live floats do not fit in them. (A dynamically indexed local array would not do: ptxas
@@ -58,9 +52,9 @@ void launch(float* x, int n) {
 def test_cuda_spill_is_a_problem(tmp_path):
     source = tmp_path / "spill.cu"
     source.write_text(SPILLING_CU)
-    reports = cuda_reports(sources=[source])
-    table = format_table(reports)
-    by_kernel = {(r.name, r.arch): r for r in reports}
+    rows = kernels.cuda_resources(ARCHS, sources=[source], cache_dir=tmp_path / "cache")
+    table = kernels.format_table(rows)
+    by_kernel = {(r.name, r.arch): r for r in rows}
     assert set(by_kernel) == {(k, a) for k in ("spill_kernel<128>", "scale_kernel<float>") for a in ARCHS}, table
     for arch in ARCHS:
         spilling, clean = by_kernel["spill_kernel<128>", arch], by_kernel["scale_kernel<float>", arch]
@@ -70,8 +64,9 @@ def test_cuda_spill_is_a_problem(tmp_path):
 
 
 # 128x128x64 fp16 tiles of A and B take 32 KB of shared memory per stage, and on sm_80 Triton
-# buffers num_stages - 1 of them: 7 stages need 192 KB, over A100's 163 KB. The divisibility
-# attrs let Triton use cp.async, without which it does not pipeline at all.
+# buffers num_stages - 1 of them: 7 stages need 192 KB, over A100's 163 KB. The launch's
+# 16-byte aligned pointers and strides let Triton use cp.async, without which it does not
+# pipeline at all.
 SHARED_HEAVY_TRITON = '''
 import triton.language as tl
 from nanogpt_kernels.triton._jit import jit
@@ -91,28 +86,36 @@ def _matmul_kernel(A, B, C, K, stride_a, stride_b, BLOCK: tl.constexpr, BLOCK_K:
     tl.store(C + offs[:, None] * BLOCK + offs[None, :], acc)
 
 
+def matmul(a, b, c, num_stages):
+    _matmul_kernel[(1,)](a, b, c, a.shape[1], a.stride(0), b.stride(0), BLOCK=128, BLOCK_K=64, num_warps=4,
+                         num_stages=num_stages)
+
+
 def compile_configs():
-    signature = {"A": "*fp16", "B": "*fp16", "C": "*fp32", "K": "i32", "stride_a": "i32",
-                 "stride_b": "i32", "BLOCK": "constexpr", "BLOCK_K": "constexpr"}
-    attrs = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 2, 4, 5)}
-    return [{"name": f"matmul_stages{s}", "fn": _matmul_kernel, "signature": signature,
-             "constexprs": {"BLOCK": 128, "BLOCK_K": 64}, "attrs": attrs,
-             "options": {"num_warps": 4, "num_stages": s}} for s in (2, 7)]
+    return [{"name": f"matmul_stages{s}", "fn": _matmul_kernel, "dtype": "fp16",
+             "constexprs": {"BLOCK": 128, "BLOCK_K": 64}, "options": {"num_warps": 4, "num_stages": s}}
+            for s in (2, 7)]
 '''
 
 
-def test_triton_shared_memory_overflow_is_a_problem(tmp_path):
-    path = tmp_path / "toy_shared_heavy.py"
-    path.write_text(SHARED_HEAVY_TRITON)
-    spec = importlib.util.spec_from_file_location("toy_shared_heavy", path)
+def load_module(path, text):
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
 
-    reports = {r.name: r for r in triton_reports(ccs=(80,), modules=[module])}
-    table = format_table(list(reports.values()))
-    assert reports["matmul_stages2"].problems == [], table
-    heavy = reports["matmul_stages7"]
-    assert heavy.shared_bytes > 166912, table
+
+def test_triton_shared_memory_overflow_is_a_problem(tmp_path, monkeypatch):
+    module = load_module(tmp_path / "toy_shared_heavy.py", SHARED_HEAVY_TRITON)
+    monkeypatch.setitem(PROBES, module.__name__, lambda module, dtype: module.matmul(
+        torch.empty(128, 320, dtype=dtype), torch.empty(320, 128, dtype=dtype), torch.empty(128, 128), 1))
+
+    rows = {r.name: r for r in kernels.triton_resources(ccs=(80,), modules=[module], cache_dir=tmp_path / "cache")}
+    table = kernels.format_table(list(rows.values()))
+    assert rows["matmul_stages2"].problems == [], table
+    heavy = rows["matmul_stages7"]
+    assert heavy.shared_bytes > kernels.ARCH_LIMITS["sm_80"].shared_per_block, table
     assert any("shared memory" in p for p in heavy.problems), table
 
 
@@ -120,21 +123,15 @@ def test_compiling_after_interpreted_launches(tmp_path):
     """Running kernels in the interpreter must leave Triton able to compile for GPUs in the same
     process (Triton's interpreter patches triton.language; our jit wrapper undoes it). A fresh
     cache makes sure the compiler's front end really runs."""
-    import os
-    import subprocess
-    import sys
-
     code = (
         "import torch, nanogpt_kernels as nk\n"
         "nk.layer_norm(torch.randn(4, 48), torch.randn(48), backend='triton')\n"
         "nk.normal_init_([torch.empty(100)], [1.0], seed=0, backend='triton')\n"
-        "from nanogpt_kernels import _compile_check\n"
         "from nanogpt_kernels.triton import layernorm\n"
-        "config = layernorm.compile_configs()[0]\n"
-        "reports = _compile_check.triton_reports(ccs=(80,), modules=[type('M', (), {'compile_configs': "
-        "staticmethod(lambda: [config])})])\n"
-        "assert len(reports) == 1 and not reports[0].problems, reports\n"
+        "from tools.triton_configs import compile_config, derive_configs\n"
+        "assert compile_config(derive_configs(layernorm, 80)[0], 80).asm['cubin']\n"
     )
     env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / "triton-cache"))
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from nanogpt_kernels._compile_check import find_nvcc
+from tools.kernels import find_tool
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CXX = shutil.which("g++") or shutil.which("c++")
@@ -46,7 +46,7 @@ def nvcc_object(tmp_path_factory, source):
     from nanogpt_kernels._build_flags import NVCC_FLAGS, gencode_flags
 
     out = tmp_path_factory.mktemp("nvcc") / (pathlib.Path(source).stem + ".o")
-    cmd = [find_nvcc(), "-c", *NVCC_FLAGS, *gencode_flags(["8.0", "9.0a"]), "-Xptxas", "-v",
+    cmd = [find_tool("nvcc"), "-c", *NVCC_FLAGS, *gencode_flags(["8.0", "9.0a"]), "-Xptxas", "-v",
            f"-I{ROOT / 'csrc'}", str(ROOT / "csrc" / source), "-o", str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stderr}"
@@ -129,7 +129,7 @@ def test_harness_reports_deadlock(harness_test):
 
 def test_harness_tests_are_valid_cuda(tmp_path):
     """nvcc compiles the same test kernels, so the harness is not accepting non-CUDA code."""
-    cmd = [find_nvcc(), "-std=c++20", "-c", "-gencode=arch=compute_80,code=sm_80", f"-I{ROOT / 'csrc'}",
+    cmd = [find_tool("nvcc"), "-std=c++20", "-c", "-gencode=arch=compute_80,code=sm_80", f"-I{ROOT / 'csrc'}",
            str(ROOT / "tests/harness/harness_test.cu"), "-o", str(tmp_path / "harness_test.o")]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -2,16 +2,13 @@
 harness (plain and under AddressSanitizer), its misuse checks, and the same file compiled by
 nvcc for sm_80 and sm_90a, whose GEMM kernels must come out as tensor-core SASS (HMMA, LDSM,
 LDGSTS): proof that the wrappers the CPU tests exercise are the instructions the GPU runs."""
-import os
-import pathlib
 import re
-import shutil
 import subprocess
 
 import pytest
 
-from nanogpt_kernels._compile_check import find_nvcc
 from test_harness import ROOT, build, run
+from tools.kernels import find_tool
 
 SOURCE = "tests/harness/mma_test.cu"
 ARCHS = ("sm_80", "sm_90a")
@@ -49,34 +46,16 @@ def mma_test_object(tmp_path_factory):
     """mma_test.cu compiled by nvcc for sm_80 and sm_90a."""
     out = tmp_path_factory.mktemp("mma_nvcc") / "mma_test.o"
     gencode = [f"-gencode=arch=compute_{a[3:]},code={a}" for a in ARCHS]
-    cmd = [find_nvcc(), "-std=c++20", "-O3", "-c", *gencode, f"-I{ROOT / 'csrc'}", str(ROOT / SOURCE), "-o", str(out)]
+    cmd = [find_tool("nvcc"), "-std=c++20", "-O3", "-c", *gencode, f"-I{ROOT / 'csrc'}", str(ROOT / SOURCE),
+           "-o", str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stderr}"
     return out
 
 
-def find_cuobjdump():
-    """Triton's bundled cuobjdump, else the CUDA toolkit's (beside nvcc or in /usr/local/cuda)."""
-    candidates = []
-    try:
-        import triton
-        candidates.append(pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
-    except ImportError:
-        pass
-    candidates.append(pathlib.Path(find_nvcc()).parent / "cuobjdump")
-    candidates.append(pathlib.Path("/usr/local/cuda/bin/cuobjdump"))
-    if on_path := shutil.which("cuobjdump"):
-        candidates.append(pathlib.Path(on_path))
-    for candidate in candidates:
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    pytest.fail("cuobjdump not found (looked in: " + ", ".join(map(str, candidates)) + "): the SASS check "
-                "needs Triton's bundled copy or a CUDA toolkit that has one")
-
-
 def sass_by_function(obj):
     """{(arch, mangled kernel name): SASS text} from cuobjdump --dump-sass."""
-    cmd = [find_cuobjdump(), "--dump-sass", str(obj)]
+    cmd = [find_tool("cuobjdump"), "--dump-sass", str(obj)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stderr}"
     # Lines are collected in lists and joined once: an object can hold dozens of kernels of

@@ -1,14 +1,17 @@
-"""The kernel resource report (`python -m nanogpt_kernels kernels`): it runs over every kernel
-with no problems (CI fails otherwise), its JSON has the documented columns, it catches a
-GEMM-like kernel without tensor-core instructions (CUDA and Triton), it reads block sizes,
-tensor-core and 128-bit instructions right, and its occupancy arithmetic matches hand-computed
-values. No GPU needed (nvcc and Triton's cuobjdump are)."""
+"""The kernel resource report (`python -m tools kernels`): it runs over every kernel with no
+problems (CI fails otherwise), its JSON has the documented columns, it catches a GEMM-like
+kernel without tensor-core instructions (CUDA and Triton), it reads block sizes, tensor-core and
+128-bit instructions right, its occupancy arithmetic matches hand-computed values, and its cache
+recompiles exactly what changed. No GPU needed (nvcc and Triton's cuobjdump are)."""
+import dataclasses
 import importlib.util
 import json
 
 import pytest
+import torch
 
-from nanogpt_kernels import kernels_report as kr
+from tools import kernels as kr
+from tools import triton_configs
 
 ARCHS = ("sm_80", "sm_90a")
 
@@ -16,7 +19,8 @@ ARCHS = ("sm_80", "sm_90a")
 @pytest.fixture(scope="module")
 def full_report(tmp_path_factory):
     """One run of the command over every kernel, shared by the tests below (it is the slow part:
-    every csrc/*.cu compiled, every Triton config's cubin disassembled)."""
+    every csrc/*.cu compiled, every Triton config's cubin disassembled; the second time, in the
+    compile cache)."""
     path = tmp_path_factory.mktemp("kernels") / "kernels.json"
     status = kr.main(["--json", str(path)])
     return status, json.loads(path.read_text())
@@ -98,7 +102,7 @@ __global__ void toy_reduce_kernel(const float* x, float* y, int n) {
 def test_cuda_gemm_without_tensor_cores_is_a_problem(tmp_path):
     source = tmp_path / "toy.cu"
     source.write_text(TOY_CU)
-    rows = {(r.name, r.arch): r for r in kr.cuda_resources(ARCHS, sources=[source])}
+    rows = {(r.name, r.arch): r for r in kr.cuda_resources(ARCHS, sources=[source], cache_dir=tmp_path / "cache")}
     table = kr.format_table(list(rows.values()))
     names = ("toy_gemm_scalar_kernel", "toy_gemm_wmma_kernel", "toy_layernorm_copy_kernel", "toy_reduce_kernel")
     assert set(rows) == {(n, a) for n in names for a in ARCHS}, table
@@ -134,23 +138,41 @@ def _toy_kernel(A, B, C, USE_DOT: tl.constexpr, BLOCK: tl.constexpr):
     tl.store(C + offs[:, None] * BLOCK + offs[None, :], c)
 
 
+NUM_WARPS = 4
+
+
+def matmul(a, b, c, use_dot):
+    _toy_kernel[(1,)](a, b, c, USE_DOT=use_dot, BLOCK=64, num_warps=4)
+
+
 def compile_configs():
-    signature = {"A": "*fp16", "B": "*fp16", "C": "*fp32", "USE_DOT": "constexpr", "BLOCK": "constexpr"}
-    attrs = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 2)}
-    return [{"name": f"toy_matmul_{'dot' if dot else 'elementwise'}", "fn": _toy_kernel, "signature": signature,
-             "constexprs": {"USE_DOT": dot, "BLOCK": 64}, "attrs": attrs, "options": {"num_warps": 4}}
+    return [{"name": f"toy_matmul_{'dot' if dot else 'elementwise'}", "fn": _toy_kernel, "dtype": "fp16",
+             "constexprs": {"USE_DOT": dot, "BLOCK": 64}, "options": {"num_warps": NUM_WARPS if dot else 4}}
             for dot in (True, False)]
 '''
 
 
-def test_triton_gemm_without_tensor_cores_is_a_problem(tmp_path):
+@pytest.fixture
+def toy_triton(tmp_path, monkeypatch):
+    """TOY_TRITON as a module whose probe launches both variants."""
     path = tmp_path / "toy_triton_matmul.py"
     path.write_text(TOY_TRITON)
     spec = importlib.util.spec_from_file_location("toy_triton_matmul", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
 
-    rows = {(r.name, r.arch): r for r in kr.triton_resources(ccs=(80, 90), modules=[module])}
+    def probe(module, dtype):
+        for use_dot in (True, False):
+            module.matmul(torch.empty(64, 64, dtype=dtype), torch.empty(64, 64, dtype=dtype), torch.empty(64, 64),
+                          use_dot)
+
+    monkeypatch.setitem(triton_configs.PROBES, module.__name__, probe)
+    return module
+
+
+def test_triton_gemm_without_tensor_cores_is_a_problem(toy_triton, tmp_path):
+    rows = {(r.name, r.arch): r for r in kr.triton_resources(ccs=(80, 90), modules=[toy_triton],
+                                                             cache_dir=tmp_path / "cache")}
     table = kr.format_table(list(rows.values()))
     for arch in ARCHS:
         dot, elementwise = rows["toy_matmul_dot", arch], rows["toy_matmul_elementwise", arch]
@@ -161,6 +183,50 @@ def test_triton_gemm_without_tensor_cores_is_a_problem(tmp_path):
         assert dot.threads == 128 and dot.occupancy is not None, table
         assert dot.global_loads_128 > 0, table  # 16-byte aligned pointers, contiguous rows
     assert rows["toy_matmul_dot", "sm_80"].hmma > 0
+
+
+def test_cuda_cache_recompiles_what_changed(tmp_path, monkeypatch):
+    """A second run compiles nothing and gives the same rows; editing a header beside the
+    source compiles it again."""
+    (tmp_path / "toy_scale.h").write_text("#define SCALE 2.0f\n")
+    source = tmp_path / "toy.cu"
+    source.write_text('#include "toy_scale.h"\n__global__ void __launch_bounds__(128) '
+                      "toy_layernorm_kernel(float* x) { x[threadIdx.x] *= SCALE; }\n")
+    compiles = []
+    run = kr._run
+    monkeypatch.setattr(kr, "_run", lambda cmd, *args, **kwargs: (compiles.append(cmd) if "-fatbin" in cmd else None,
+                                                                   run(cmd, *args, **kwargs))[1])
+
+    def report():
+        return [dataclasses.asdict(r) for r in kr.cuda_resources(ARCHS, sources=[source], cache_dir=tmp_path / "cache")]
+
+    first = report()
+    assert len(compiles) == 1 and {r["name"] for r in first} == {"toy_layernorm_kernel"}, first
+    assert report() == first and len(compiles) == 1
+    (tmp_path / "toy_scale.h").write_text("#define SCALE 3.0f\n")
+    assert report() == first and len(compiles) == 2
+
+
+def test_triton_cache_recompiles_what_changed(toy_triton, tmp_path, monkeypatch):
+    """A second run compiles nothing and gives the same rows; a config whose options change is
+    compiled again, the other is not."""
+    compiles = []
+    compile_config = triton_configs.compile_config
+    monkeypatch.setattr(triton_configs, "compile_config",
+                        lambda config, cc: (compiles.append(config["name"]), compile_config(config, cc))[1])
+
+    def report():
+        rows = kr.triton_resources(ccs=(80,), modules=[toy_triton], cache_dir=tmp_path / "cache")
+        return {r.name: dataclasses.asdict(r) for r in rows}
+
+    first = report()
+    assert sorted(compiles) == ["toy_matmul_dot", "toy_matmul_elementwise"]
+    assert report() == first and len(compiles) == 2
+    toy_triton.NUM_WARPS = 8
+    second = report()
+    assert compiles[2:] == ["toy_matmul_dot"]
+    assert second["toy_matmul_dot"]["threads"] == 256
+    assert second["toy_matmul_elementwise"] == first["toy_matmul_elementwise"]
 
 
 def test_main_fails_on_problems(tmp_path, monkeypatch, capsys):

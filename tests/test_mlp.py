@@ -13,7 +13,7 @@ from nanogpt_kernels.testing import max_error, tolerance
 from nanogpt_kernels.triton import mlp as triton_mlp
 
 import nanogpt_reference as nanogpt
-from triton_launches import record_launches
+from tools.triton_configs import record_launches
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 KERNEL_BACKENDS = ["triton", "cuda"]
@@ -137,12 +137,12 @@ def test_triton_column_sum_over_slices_and_column_blocks(device, dtype):
     assert err <= tol, f"max error {err:.3g} > tolerance {tol:.3g}"
 
 
-def test_triton_column_sum_grid_past_65535_slices(monkeypatch):
+def test_triton_column_sum_grid_past_65535_slices():
     """256 * 65535 + 1 rows are 65536 slices of 256, one more than grid axis 1 holds. The
     launches are recorded, not run: the interpreter has no grid limits, a GPU does."""
-    launches = record_launches(monkeypatch, triton_mlp, "_column_sum_kernel", "_column_sum_reduce_kernel")
     M, N = 256 * 65535 + 1, 2
-    triton_mlp.column_sum(torch.empty(M, N, dtype=torch.bfloat16), torch.empty(N, dtype=torch.bfloat16))
+    with record_launches(triton_mlp, "_column_sum_kernel", "_column_sum_reduce_kernel") as launches:
+        triton_mlp.column_sum(torch.empty(M, N, dtype=torch.bfloat16), torch.empty(N, dtype=torch.bfloat16))
     assert [(launch.kernel.fn.__name__, launch.grid) for launch in launches] == [
         ("_column_sum_kernel", (65536,)), ("_column_sum_reduce_kernel", (1,))]
 

@@ -9,9 +9,9 @@ import re
 
 import pytest
 
-from nanogpt_kernels._compile_check import SHARED_LIMITS, _demangle, _parse_ptxas
 from test_harness import nvcc_object
 from test_harness_mma import sass_by_function
+from tools.kernels import ARCH_LIMITS, demangle, parse_ptxas
 
 ARCHS = ("sm_80", "sm_90a")
 
@@ -35,19 +35,20 @@ def tile_resources(name):
 
 def test_mlp_kernels_fit(mlp_object):
     _, log = mlp_object
-    entries = _parse_ptxas(log)
-    names = _demangle([e.name for e in entries])
+    entries = parse_ptxas(log)
+    names = demangle([e.name for e in entries])
     gemms = 0
     for name, e in zip(names, entries):
         assert e.spill_stores == 0 and e.spill_loads == 0, f"{name} spills on {e.arch}: {e}"
         assert e.stack_bytes == 0, f"{name} has a stack frame on {e.arch}: {e}"
-        assert e.shared_bytes <= SHARED_LIMITS[e.arch], f"{name} on {e.arch}: {e}"
+        assert e.shared_bytes <= ARCH_LIMITS[e.arch].shared_per_block, f"{name} on {e.arch}: {e}"
         if "gemm_tc_kernel" in name:
             gemms += 1
             dynamic, threads, min_blocks = tile_resources(name)
             # The residency __launch_bounds__ asks for fits the smaller SM (A100: 164 KB of
             # shared memory, 64K registers).
-            assert min_blocks * (dynamic + e.shared_bytes) <= SHARED_LIMITS["sm_80"], f"{name}: {dynamic} B"
+            assert min_blocks * (dynamic + e.shared_bytes) <= ARCH_LIMITS["sm_80"].shared_per_block, \
+                f"{name}: {dynamic} B"
             assert min_blocks * threads * e.registers <= 65536, f"{name}: {e.registers} registers"
     # 2 dtypes x 4 layouts x (2 cp.async tiles + 1 element-wise), per arch.
     assert gemms == 2 * 4 * 3 * len(ARCHS), names
@@ -57,7 +58,7 @@ def test_mlp_kernels_fit(mlp_object):
 def mlp_sass(mlp_object):
     """{(arch, demangled kernel name): SASS text}, from one cuobjdump run over both archs."""
     sass = sass_by_function(mlp_object[0])
-    names = _demangle([function for _, function in sass])
+    names = demangle([function for _, function in sass])
     return {(arch, name): text for ((arch, _), text), name in zip(sass.items(), names)}
 
 

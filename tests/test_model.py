@@ -101,6 +101,16 @@ def test_eager_is_nanogpt_bit_for_bit(bias):
         assert torch.equal(ours[name], want[name]), name
 
 
+@pytest.mark.parametrize("backend", ["eager", *KERNEL_BACKENDS])
+def test_block_alone_is_nanogpts(backend):
+    """block(x) on its own is nanoGPT's Block, whichever backend; GPT calls it fused instead."""
+    config = nk.GPTConfig(**TINY, bias=True, backend=backend)
+    ours = nk.GPT(config, seed=3).transformer.h[0]
+    theirs = nanogpt.Block(config)
+    theirs.load_state_dict(ours.state_dict())
+    nanogpt.assert_module_matches(ours, theirs, torch.randn(2, 17, config.n_embd))
+
+
 BACKEND_CONFIGS = [
     *KERNEL_BACKENDS,
     *({"layernorm": b} for b in KERNEL_BACKENDS),

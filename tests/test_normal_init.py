@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import nanogpt_kernels as nk
-from nanogpt_kernels.ops.normal_init import normal_eager
+from nanogpt_kernels.ops.normal_init_gen import normal_eager
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # None on CPU tensors is the multithreaded C++ path; "cuda" runs the CUDA kernel through the
@@ -104,8 +104,13 @@ def test_bad_input_writes_nothing(backend):
         (lambda: nk.normal_init_([a, b], [1.0, 1.0], means=[0.0], seed=0, backend=backend), "means must have"),
         (lambda: nk.normal_init_([a, b], [1.0, 1.0], stream_ids=[1], seed=0, backend=backend), "stream_ids must"),
         (lambda: nk.normal_init_([a, b], [1.0, 1.0], offsets=[0, 1, 2], seed=0, backend=backend), "offsets must"),
-        (lambda: nk.normal_init_([a, b], [1.0, -0.1], seed=0, backend=backend), "stds[1] must be a finite number >= 0"),
+        (lambda: nk.normal_init_([a, b], [1.0, -0.1], seed=0, backend=backend),
+         "stds[1] must be a finite float32 >= 0"),
         (lambda: nk.normal_init_([a, b], [1.0, float("nan")], seed=0, backend=backend), "stds[1] must be"),
+        # Finite as a double, infinite in the float32 the generator computes in.
+        (lambda: nk.normal_init_([a, b], [1.0, 1e39], seed=0, backend=backend), "stds[1] must be a finite float32"),
+        (lambda: nk.normal_init_([a, b], [1.0, 1.0], means=[0.0, -1e39], seed=0, backend=backend),
+         "means[1] must be a finite float32"),
         (lambda: nk.normal_init_([a, b.long()], [1.0, 1.0], seed=0, backend=backend),
          "tensors[1] must be float32, float16 or bfloat16"),
         (lambda: nk.normal_init_([a, b.t()], [1.0, 1.0], seed=0, backend=backend), "tensors[1] must be contiguous"),
@@ -127,10 +132,13 @@ def test_cpp_ops_check_their_arguments():
     import nanogpt_kernels._C  # noqa: F401
 
     a = torch.zeros(10)
-    for op in (torch.ops.nanogpt_kernels.cpu_normal_init_, torch.ops.nanogpt_kernels.cuda_normal_init_):
-        with pytest.raises(RuntimeError, match="stds"):
+    for op in (torch.ops.nanogpt_kernels.host_normal_init_, torch.ops.nanogpt_kernels.cuda_normal_init_):
+        # In the words of the public function's checks.
+        with pytest.raises(RuntimeError, match=r"stds\[0\] must be a finite float32 >= 0, got -1"):
             op([a], [0.0], [-1.0], [0], [0], 0)
-        with pytest.raises(RuntimeError, match="means"):
+        with pytest.raises(RuntimeError, match=r"stds\[0\] must be a finite float32 >= 0, got 1e\+39"):
+            op([a], [0.0], [1e39], [0], [0], 0)
+        with pytest.raises(RuntimeError, match=r"means must have one entry per tensor \(1\), got 2"):
             op([a], [0.0, 1.0], [1.0], [0], [0], 0)
         assert (a == 0).all()
 

@@ -12,6 +12,7 @@ from triton.compiler import ASTSource
 from nanogpt_kernels.triton import layernorm
 from nanogpt_kernels.triton._common import GRID_LIMITS, launch_grid, round_to
 from nanogpt_kernels.triton._jit import jit
+from tools.triton_configs import derive_configs
 
 
 @jit
@@ -61,7 +62,7 @@ def test_round_to_is_the_hardware_conversion_on_gpus(cc):
     integer add of 0x7FFF + lsb that turns the GPU's NaN 0x7FFFFFFF into -0.0."""
     kernels = {"round_kernel": (_round_kernel, {"X": "*fp32", "Y": "*bf16", "N": "i32", "BLOCK": "constexpr"},
                                 {"BLOCK": 1024}, {"num_warps": 4}, None)}
-    for config in layernorm.compile_configs():
+    for config in derive_configs(layernorm, cc):
         if config["name"] == "layer_norm_fwd_bf16_n1024_res1_bias1":
             kernels[config["name"]] = (config["fn"], config["signature"], config["constexprs"], config["options"],
                                        config["attrs"])

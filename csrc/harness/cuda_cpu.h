@@ -75,6 +75,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "../nk_limits.h"
+
 #if defined(__SANITIZE_ADDRESS__)
 #define NK_HARNESS_ASAN 1
 #elif defined(__has_feature)
@@ -167,7 +169,6 @@ namespace nk_harness {
 // refuse is refused here too.
 constexpr unsigned kMaxThreadsPerBlock = 1024;
 constexpr size_t kDefaultSharedBytesPerBlock = 48 * 1024;  // without the opt-in
-constexpr size_t kMaxSharedBytesPerBlock = 166912;         // 163 KB opt-in on A100 (227 KB on H100)
 constexpr unsigned kMaxGridX = 0x7fffffffu, kMaxGridYZ = 65535, kMaxBlockXY = 1024, kMaxBlockZ = 64;
 constexpr int kWarpSize = 32;
 
@@ -222,11 +223,11 @@ inline const char* cudaGetErrorString(cudaError_t e) {
 template <typename... KArgs>
 cudaError_t cudaFuncSetAttribute(void (*kernel)(KArgs...), cudaFuncAttribute attr, int value) {
   if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 ||
-      (size_t)value > nk_harness::kMaxSharedBytesPerBlock) {
+      (size_t)value > nk::kMaxSharedBytesPerBlock) {
     nk_harness::set_error(cudaErrorInvalidValue,
                           "invalid argument: cudaFuncSetAttribute(MaxDynamicSharedMemorySize, " +
                               std::to_string(value) + ") exceeds the " +
-                              std::to_string(nk_harness::kMaxSharedBytesPerBlock) + " bytes an A100 allows");
+                              std::to_string(nk::kMaxSharedBytesPerBlock) + " bytes an A100 allows");
     return cudaErrorInvalidValue;
   }
   std::lock_guard<std::mutex> lock(nk_harness::opt_in_mutex());
@@ -1019,7 +1020,7 @@ inline std::string launch_problem(const void* kernel, const KernelInfo& info, di
   if (smem_bytes > allowed)
     return std::to_string(smem_bytes) + " bytes of dynamic shared memory: above " + std::to_string(allowed) +
            " a kernel needs cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) "
-           "first (at most " + std::to_string(kMaxSharedBytesPerBlock) + " on an A100)";
+           "first (at most " + std::to_string(nk::kMaxSharedBytesPerBlock) + " on an A100)";
   return "";
 }
 

@@ -8,9 +8,9 @@ The forward keeps only the output and the row logsumexp (fp32, [B, H, T]); the b
 recomputes the probabilities, so it needs O(B * H * T) extra memory, never O(T^2).
 
 Dropout spec (normative: every backend drops exactly these elements, and `dropout_keep_mask`
-below is its reference). With key (k0, k1) = (seed mod 2^32, seed >> 32), seed in [0, 2^64),
-the attention probability of query row i and key column j in head h of batch element b is
-dropped iff
+below is its reference), on Philox4x32-10 as nanogpt_kernels/ops/philox.py specifies it. With
+key (k0, k1) = (seed mod 2^32, seed >> 32), seed in [0, 2^64), the attention probability of
+query row i and key column j in head h of batch element b is dropped iff
 
     word (j mod 4) of Philox4x32-10(counter = (j >> 2, i, b * n_head + h, 0), key) < threshold,
     threshold = min(floor(p * 2^32), 2^32 - 1),
@@ -29,12 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nanogpt_kernels import _backend
-from nanogpt_kernels._checks import check_float_tensor
-from nanogpt_kernels.ops.normal_init import philox4x32_10
-
-# Head sizes the kernels are built for (csrc/attention.h: attention_head_dim_supported).
-KERNEL_HEAD_DIMS = (16, 32, 64, 80, 96, 128)
-_MASK32 = 0xFFFFFFFF
+from nanogpt_kernels._checks import check_float_tensor, unit_last_stride
+from nanogpt_kernels._limits import ATTENTION_HEAD_DIMS
+from nanogpt_kernels.ops.philox import MASK32, philox4x32_10
 
 
 def dropout_threshold(p: float) -> int:
@@ -48,11 +45,11 @@ def dropout_keep_mask(seed: int | Tensor, batch: int, n_head: int, seqlen: int, 
     for every backend; it materialises T x T, so it is for tests and the eager backend).
     `seed`: an int in [0, 2^64), or an int64 tensor holding it in two's complement."""
     if isinstance(seed, Tensor):
-        k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
+        k0, k1 = seed & MASK32, (seed >> 32) & MASK32
     else:
         if not 0 <= seed < 2 ** 64:
             raise ValueError(f"seed must be in [0, 2^64), got {seed}")
-        k0, k1 = seed & _MASK32, seed >> 32
+        k0, k1 = seed & MASK32, seed >> 32
     i = torch.arange(seqlen, dtype=torch.int64).view(1, seqlen, 1)
     groups = torch.arange((seqlen + 3) // 4, dtype=torch.int64).view(1, 1, -1)
     bh = torch.arange(batch * n_head, dtype=torch.int64).view(-1, 1, 1)
@@ -91,8 +88,7 @@ def _as_signed(seed: int) -> int:
 def _kernel_layout(t: Tensor, backend: str) -> Tensor:
     """The kernels need unit stride along head_dim; the CUDA kernels' 16-byte cp.async also
     needs 16-byte aligned rows. nanoGPT's q, k, v views have both, so they pass uncopied."""
-    if t.stride(-1) != 1 and t.size(-1) > 1:
-        return t.contiguous()
+    t = unit_last_stride(t)
     if backend == "cuda" and t.dtype != torch.float32:
         per_16_bytes = 16 // t.element_size()
         if t.data_ptr() % 16 or any(s % per_16_bytes for s in t.stride()[:3]):
@@ -235,10 +231,12 @@ def _validate(q, k, v, scale, dropout_p, seed, backend):
         raise ValueError(f"scale must be a finite float or None, got {scale!r}")
     if seed is not None and (not isinstance(seed, int) or not 0 <= seed < 2 ** 64):
         raise ValueError(f"seed must be an int in [0, 2^64) or None, got {seed!r}")
+    if q.shape[-1] < 1:
+        raise ValueError(f"q: head_dim (last dimension) must be at least 1, got {q.shape[-1]}")
     resolved = _backend.resolve_backend(backend, q.device)
-    if resolved != "eager" and q.shape[-1] not in KERNEL_HEAD_DIMS:
-        raise ValueError(f"q: head_dim (last dimension) must be one of {KERNEL_HEAD_DIMS} for the {resolved!r} "
-                         f"backend, got {q.shape[-1]}; use backend='eager' for other sizes")
+    if resolved != "eager" and q.shape[-1] not in ATTENTION_HEAD_DIMS:
+        raise ValueError(f"q: head_dim (last dimension) must be one of {', '.join(map(str, ATTENTION_HEAD_DIMS))} "
+                         f"on the kernel backends, got {q.shape[-1]}; backend='eager' takes any")
     return resolved
 
 

@@ -9,6 +9,7 @@ The "eager" backend never reaches the ops: it is plain PyTorch, the reference.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -16,10 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nanogpt_kernels import _backend
-from nanogpt_kernels._checks import check_float_tensor, check_like
-
-# Widest row the kernels take (csrc/layernorm.h: kLayerNormMaxCols; Triton's launcher too).
-MAX_HIDDEN = 65536
+from nanogpt_kernels._checks import check_float_tensor, check_like, unit_last_stride
+from nanogpt_kernels._limits import LAYER_NORM_MAX_HIDDEN
 
 
 def _kernels(backend: str):
@@ -44,19 +43,14 @@ def _cuda_bwd(dy, xs, weight, has_bias, mean, rstd, ds):
 def _register_cuda_op_fakes():
     @torch.library.register_fake("nanogpt_kernels::cuda_layer_norm_fwd")
     def _(x, residual, weight, bias, eps):
-        return layer_norm_fwd_fake(x, residual, weight, bias, eps, "cuda")
+        return _layer_norm_fwd_fake(x, residual, weight, bias, eps, "cuda")
 
     @torch.library.register_fake("nanogpt_kernels::cuda_layer_norm_bwd")
     def _(dy, xs, weight, mean, rstd, ds):
-        return layer_norm_bwd_fake(dy, xs, weight, mean, rstd, ds, True, "cuda")
+        return _layer_norm_bwd_fake(dy, xs, weight, mean, rstd, ds, True, "cuda")
 
 
 _backend.on_extension_load(_register_cuda_op_fakes)
-
-
-def _unit_last_stride(t: Tensor) -> Tensor:
-    # The kernels take any row stride but need each row contiguous.
-    return t if t.stride(-1) == 1 or t.size(-1) <= 1 else t.contiguous()
 
 
 @torch.library.custom_op("nanogpt_kernels::layer_norm_fwd", mutates_args=())
@@ -65,13 +59,13 @@ def layer_norm_fwd(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: 
     """y = layer_norm(x) or, with a residual, s = x + residual and y = layer_norm(s).
     Returns (y, s, mean, rstd); s is empty when there is no residual."""
     fwd, _ = _kernels(backend)
-    y, s, mean, rstd = fwd(_unit_last_stride(x), None if residual is None else _unit_last_stride(residual),
+    y, s, mean, rstd = fwd(unit_last_stride(x), None if residual is None else unit_last_stride(residual),
                            weight.contiguous(), None if bias is None else bias.contiguous(), eps)
     return y, (x.new_empty(0) if s is None else s), mean, rstd
 
 
 @layer_norm_fwd.register_fake
-def layer_norm_fwd_fake(x, residual, weight, bias, eps, backend):
+def _layer_norm_fwd_fake(x, residual, weight, bias, eps, backend):
     rows = x.shape[0]
     s = x.new_empty(x.shape) if residual is not None else x.new_empty(0)
     stats = x.new_empty(rows, dtype=torch.float32)
@@ -84,13 +78,13 @@ def layer_norm_bwd(dy: Tensor, xs: Tensor, weight: Tensor, mean: Tensor, rstd: T
     """(dx, dweight, dbias); dx includes ds, the gradient of s, when given. dbias is zeros when
     there is no bias."""
     _, bwd = _kernels(backend)
-    dx, dweight, dbias = bwd(_unit_last_stride(dy), _unit_last_stride(xs), weight.contiguous(), has_bias,
-                             mean.contiguous(), rstd.contiguous(), None if ds is None else _unit_last_stride(ds))
+    dx, dweight, dbias = bwd(unit_last_stride(dy), unit_last_stride(xs), weight.contiguous(), has_bias,
+                             mean.contiguous(), rstd.contiguous(), None if ds is None else unit_last_stride(ds))
     return dx, dweight, (torch.zeros_like(weight) if dbias is None else dbias)
 
 
 @layer_norm_bwd.register_fake
-def layer_norm_bwd_fake(dy, xs, weight, mean, rstd, ds, has_bias, backend):
+def _layer_norm_bwd_fake(dy, xs, weight, mean, rstd, ds, has_bias, backend):
     return xs.new_empty(xs.shape), torch.empty_like(weight), torch.empty_like(weight)
 
 
@@ -124,12 +118,12 @@ def _validate(x, residual, weight, bias, eps, backend):
     check_like(weight, "weight", x, "x", shape=(hidden,))
     if bias is not None:
         check_like(bias, "bias", x, "x", shape=(hidden,))
-    if not isinstance(eps, (int, float)) or eps < 0:
-        raise ValueError(f"eps must be a non-negative float, got {eps!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a non-negative finite float, got {eps!r}")
     resolved = _backend.resolve_backend(backend, x.device)
-    if resolved != "eager" and hidden > MAX_HIDDEN:
-        raise ValueError(f"x: hidden size (last dimension) must be at most {MAX_HIDDEN} for the {resolved!r} "
-                         f"backend, got {hidden}; use backend='eager' for wider rows")
+    if resolved != "eager" and hidden > LAYER_NORM_MAX_HIDDEN:
+        raise ValueError(f"x: hidden size (last dimension) must be at most {LAYER_NORM_MAX_HIDDEN} on the kernel "
+                         f"backends, got {hidden}; backend='eager' takes any")
     return resolved
 
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nanogpt_kernels import _backend
-from nanogpt_kernels._checks import check_float_tensor, check_like
+from nanogpt_kernels._checks import check_float_tensor, check_like, unit_last_stride
 
 APPROXIMATIONS = ("none", "tanh")
 _EPILOGUES = {"none": 0, "bias": 1, "bias_gelu": 2, "gelu_grad": 3}
@@ -58,10 +58,6 @@ def _register_cuda_op_fakes():
 _backend.on_extension_load(_register_cuda_op_fakes)
 
 
-def _unit_column_stride(t: Tensor) -> Tensor:
-    return t if t.stride(-1) == 1 or t.size(-1) <= 1 else t.contiguous()
-
-
 def _gemm_operand(w: Tensor) -> Tensor:
     """The GEMMs take row- and column-major operands alike, so a weight stored transposed
     (HuggingFace's Conv1D keeps [in, out]; fuse() hands its .t() views here) is used in place."""
@@ -73,7 +69,7 @@ def gelu_mlp_fwd(x: Tensor, fc_weight: Tensor, fc_bias: Optional[Tensor], proj_w
                  proj_bias: Optional[Tensor], approximate: str, backend: str) -> tuple[Tensor, Tensor]:
     """(y, P) for 2-D x [M, C]: P = x W1^T + b1 is the pre-activation the backward needs."""
     gemm, _ = _kernels(backend)
-    x = _unit_column_stride(x)
+    x = unit_last_stride(x)
     M, H, C = x.shape[0], fc_weight.shape[0], proj_weight.shape[0]
     pre, act = x.new_empty(M, H), x.new_empty(M, H)
     gemm(x, _gemm_operand(fc_weight).t(), pre, epilogue="bias_gelu", gelu=approximate,
@@ -95,7 +91,7 @@ def gelu_mlp_bwd(dy: Tensor, x: Tensor, pre: Tensor, fc_weight: Tensor, proj_wei
                  backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, d fc_weight, d fc_bias, d proj_weight, d proj_bias) for 2-D x [M, C]."""
     gemm, column_sum = _kernels(backend)
-    dy, x = _unit_column_stride(dy), _unit_column_stride(x)
+    dy, x = unit_last_stride(dy), unit_last_stride(x)
     fc_weight, proj_weight = _gemm_operand(fc_weight), _gemm_operand(proj_weight)
     M, H, C = x.shape[0], fc_weight.shape[0], proj_weight.shape[0]
     dpre, act = x.new_empty(M, H), x.new_empty(M, H)

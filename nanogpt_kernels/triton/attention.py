@@ -39,14 +39,14 @@ import torch
 import triton
 import triton.language as tl
 
+from nanogpt_kernels._limits import ATTENTION_HEAD_DIMS as HEAD_DIMS
 from nanogpt_kernels.triton._common import device_guard, launch_grid, round_to
 from nanogpt_kernels.triton._jit import jit
-from nanogpt_kernels.triton.normal_init import _philox4x32_10
+from nanogpt_kernels.triton.philox import philox4x32_10
 
 LOG2E = tl.constexpr(math.log2(math.e))
 LN2 = tl.constexpr(math.log(2.0))
 
-HEAD_DIMS = (16, 32, 64, 80, 96, 128)  # csrc/attention.h: attention_head_dim_supported
 _TRITON_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 _MASK32 = 0xFFFFFFFF
 # Integer arguments that change between calls (the seed every step, the threshold with p):
@@ -152,7 +152,7 @@ def _dropout_keep(
         c0 = zero + groups[None, :]
         c1 = zero + rows.to(tl.uint32)[:, None]
     c2 = zero + stream.to(tl.uint32)
-    w0, w1, w2, w3 = _philox4x32_10(c0, c1, c2, zero, k0, k1)
+    w0, w1, w2, w3 = philox4x32_10(c0, c1, c2, zero, k0, k1)
     words = tl.join(tl.join(w0, w2), tl.join(w1, w3))  # [.., .., 2, 2]
     if TRANSPOSED:
         # [G, M, 2, 2] -> [G, 2, 2, M] -> [4G, M]: the column index runs along dim 0.
@@ -588,32 +588,9 @@ def _as_i32(x):
 
 def _dropout_args(dropout_threshold, dropout_scale, seed):
     threshold = int(dropout_threshold)
-    if not 0 <= threshold <= _MASK32:
-        raise ValueError(f"attention: dropout_threshold must be in [0, 2^32), got {threshold}")
     seed = int(seed) & ((1 << 64) - 1)  # a signed int64 seed travels as its two's complement
     return (_as_i32(threshold), float(dropout_scale), _as_i32(seed & _MASK32), _as_i32(seed >> 32),
             threshold > 0)
-
-
-def _check(names, tensors, lse, grads=()):
-    """Readable errors for layouts the kernels cannot handle (they index raw memory)."""
-    q = tensors[0]
-    if q.dim() != 4:
-        raise ValueError(f"attention: {names[0]} must be [B, H, T, D], got {tuple(q.shape)}")
-    if q.dtype not in _TRITON_DTYPES:
-        raise ValueError(f"attention: dtype must be float32, float16 or bfloat16, got {q.dtype}")
-    if q.shape[-1] not in HEAD_DIMS:
-        raise ValueError(f"attention: head_dim must be one of {HEAD_DIMS}, got {q.shape[-1]}")
-    for name, t in zip(names, tensors):
-        if t.shape != q.shape or t.dtype != q.dtype or t.device != q.device:
-            raise ValueError(f"attention: {name} must be {tuple(q.shape)} {q.dtype} on {q.device} like "
-                             f"{names[0]}, got {tuple(t.shape)} {t.dtype} on {t.device}")
-        if t.stride(-1) != 1:
-            raise ValueError(f"attention: {name} must have unit stride along head_dim, got strides {t.stride()}")
-    B, H, T, _ = q.shape
-    if lse.shape != (B, H, T) or lse.dtype != torch.float32 or not lse.is_contiguous() or lse.device != q.device:
-        raise ValueError(f"attention: lse must be a contiguous float32 [{B}, {H}, {T}] tensor on {q.device}, "
-                         f"got {tuple(lse.shape)} {lse.dtype} strides {lse.stride()} on {lse.device}")
 
 
 def _strides(t):
@@ -635,8 +612,8 @@ def attention_fwd(q, k, v, o, lse, scale: float, dropout_threshold: int, dropout
     q, k, v, o: one dtype (fp32/fp16/bf16), stride(-1) == 1, other strides free. Dropout per
     csrc/attention.h: dropout_threshold in [0, 2^32) (0 = off), dropout_scale = 1 / (1 - p),
     seed in [0, 2^64) (or its int64 two's complement). CUDA tensors run compiled, CPU tensors
-    in Triton's interpreter."""
-    _check(("q", "k", "v", "o"), (q, k, v, o), lse)
+    in Triton's interpreter. The caller (nanogpt_kernels.ops.attention) validates the
+    arguments: the kernels index raw memory."""
     B, H, T, D = q.shape
     if B * H * T == 0:
         return
@@ -657,7 +634,6 @@ def attention_bwd(do, q, k, v, o, lse, dq, dk, dv, scale: float, dropout_thresho
 
     o and lse are the forward's; the dropout arguments must be the forward's too (the mask is
     regenerated, not stored). Allocates a float32 [B, H, T] workspace for rowsum(do * o)."""
-    _check(("q", "k", "v", "o", "do", "dq", "dk", "dv"), (q, k, v, o, do, dq, dk, dv), lse)
     B, H, T, D = q.shape
     if B * H * T == 0:
         return
@@ -692,61 +668,20 @@ def attention_bwd(do, q, k, v, o, lse, dq, dk, dv, scale: float, dropout_thresho
 _GPU_CCS = (80, 90)  # the archs the GPU configs are chosen for (A100, H100)
 
 
-def _signature(args, dtype):
-    """Triton signature from a list of (name, kind), kind "t" = tensor of the inputs' dtype,
-    "f32*" = float32 tensor, "i" = int, "f" = float, "stride" = int stride."""
-    kinds = {"t": f"*{dtype}", "f32*": "*fp32", "i": "i32", "f": "fp32", "stride": "i32"}
-    return {name: kinds[kind] for name, kind in args}
-
-
-def _attrs(signature, strides):
-    # Torch allocations are 16-byte aligned and every stride of a [B, H, T, D] tensor with
-    # D in HEAD_DIMS (or of nanoGPT's [B, T, 3C] views) is a multiple of 16 elements; Triton
-    # specialises launches on both, so the checked kernel assumes them too.
-    return {(i,): [["tt.divisibility", 16]] for i, (name, kind) in enumerate(signature.items())
-            if kind.startswith("*") or name in strides}
-
-
-def _tensor_args(names, kind="t"):
-    return [(n, kind) for n in names]
-
-
-def _stride_args(*tensors):
-    return [(f"stride_{t}{axis}", "stride") for t in tensors for axis in "bht"]
-
-
-_DROPOUT_ARGS = [("dropout_threshold", "i"), ("dropout_scale", "f"), ("seed_lo", "i"), ("seed_hi", "i")]
-_KERNEL_ARGS = {
-    "fwd": (_attention_fwd_kernel,
-            _tensor_args("QKVO") + [("LSE", "f32*")] + _stride_args("q", "k", "v", "o")
-            + [("H", "i"), ("T", "i"), ("scale", "f")] + _DROPOUT_ARGS),
-    "dkdv": (_attention_bwd_dkdv_kernel,
-             _tensor_args(("Q", "K", "V", "DO")) + [("LSE", "f32*"), ("Delta", "f32*")]
-             + _tensor_args(("DK", "DV")) + _stride_args("q", "k", "v", "do", "dk", "dv")
-             + [("H", "i"), ("T", "i"), ("scale", "f")] + _DROPOUT_ARGS),
-    "dq": (_attention_bwd_dq_kernel,
-           _tensor_args(("Q", "K", "V", "DO")) + [("LSE", "f32*"), ("Delta", "f32*"), ("DQ", "t")]
-           + _stride_args("q", "k", "v", "do", "dq") + [("H", "i"), ("T", "i"), ("scale", "f")] + _DROPOUT_ARGS),
-}
-
-
 def compile_configs():
     """Every kernel configuration the launchers can launch on a GPU (sm_80 and sm_90), for
-    ahead-of-time compile checks: dicts with name, fn, signature, constexprs, attrs and options
-    for `triton.compile(ASTSource(fn, signature, constexprs, attrs), target, options)`. A config
-    that differs between the archs is listed once per arch (named with its cc)."""
+    ahead-of-time compile checks: dicts with name, fn, dtype, constexprs and options (the other
+    arguments' types and alignment are what launches give them: tools/triton_configs.py records
+    them). A config that differs between the archs is listed once per arch (named with its cc)."""
+    kernels = {"fwd": _attention_fwd_kernel, "dkdv": _attention_bwd_dkdv_kernel, "dq": _attention_bwd_dq_kernel}
     configs = []
     for dtype, t in _TRITON_DTYPES.items():
         for head_dim in HEAD_DIMS:
             block_d = triton.next_power_of_2(head_dim)
-            constexprs = {"HEAD_DIM": head_dim, "BLOCK_M": _PREPROCESS_BLOCK_M, "BLOCK_D": block_d}
-            signature = {**_signature(_tensor_args(("O", "DO")) + [("Delta", "f32*")] + _stride_args("o", "do")
-                                      + [("H", "i"), ("T", "i")], t), **{k: "constexpr" for k in constexprs}}
             configs.append({"name": f"attention_bwd_preprocess_{t}_d{head_dim}", "fn": _attention_bwd_preprocess_kernel,
-                            "signature": signature, "constexprs": constexprs,
-                            "options": {"num_warps": _PREPROCESS_NUM_WARPS},
-                            "attrs": _attrs(signature, {n for n in signature if n.startswith("stride")})})
-            for kind, (fn, args) in _KERNEL_ARGS.items():
+                            "dtype": t, "options": {"num_warps": _PREPROCESS_NUM_WARPS},
+                            "constexprs": {"HEAD_DIM": head_dim, "BLOCK_M": _PREPROCESS_BLOCK_M, "BLOCK_D": block_d}})
+            for kind, fn in kernels.items():
                 for dropout in (False, True):
                     per_cc = {cc: _gpu_blocks(kind, dtype, block_d, cc // 10, dropout) for cc in _GPU_CCS}
                     for cc, (block_m, block_n, num_warps, num_stages) in per_cc.items():
@@ -755,9 +690,7 @@ def compile_configs():
                         arch = "" if len(set(per_cc.values())) == 1 else f"_sm{cc}"
                         constexprs = {"DROPOUT_ENABLED": dropout, "UPCAST_DOT": False, "HEAD_DIM": head_dim,
                                       "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d}
-                        signature = {**_signature(args, t), **{k: "constexpr" for k in constexprs}}
-                        name = f"attention_{kind}_{t}_d{head_dim}_drop{int(dropout)}{arch}"
-                        configs.append({"name": name, "fn": fn, "signature": signature, "constexprs": constexprs,
-                                        "options": {"num_warps": num_warps, "num_stages": num_stages},
-                                        "attrs": _attrs(signature, {n for n, k in args if k == "stride"})})
+                        configs.append({"name": f"attention_{kind}_{t}_d{head_dim}_drop{int(dropout)}{arch}", "fn": fn,
+                                        "dtype": t, "constexprs": constexprs,
+                                        "options": {"num_warps": num_warps, "num_stages": num_stages}})
     return configs

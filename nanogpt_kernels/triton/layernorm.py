@@ -285,15 +285,14 @@ def layer_norm_bwd(dy, xs, weight, has_bias, mean, rstd, ds):
 
     dy, xs: [M, N], stride(1) == 1 (xs: the rows that were normalised, s when a residual was
     fused). weight: [N]. mean, rstd: float32 [M] from forward. ds: None or [M, N] gradient of
-    s, added into dx. Returns (dx in xs.dtype, dweight, dbias or None in weight.dtype)."""
+    s, stride(1) == 1, added into dx. Returns (dx in xs.dtype, dweight, dbias or None in
+    weight.dtype)."""
     M, N = xs.shape
     dx = torch.empty((M, N), dtype=xs.dtype, device=xs.device)
     if M == 0 or N == 0:
         # No rows contribute: the parameter gradients are zeros, not empty.
         dw = torch.zeros((N,), dtype=weight.dtype, device=weight.device)
         return dx, dw, torch.zeros_like(dw) if has_bias else None
-    if ds is not None and ds.stride(1) != 1:
-        ds = ds.contiguous()
     G = min(M, _BWD_MAX_PROGRAMS)
     dw_partial = torch.zeros((G, N), dtype=torch.float32, device=xs.device)
     db_partial = torch.zeros_like(dw_partial) if has_bias else dw_partial
@@ -316,48 +315,29 @@ def layer_norm_bwd(dy, xs, weight, has_bias, mean, rstd, ds):
     return dx, dw, db
 
 
-def _aligned_pointers(signature):
-    # Torch allocations are 16-byte aligned and Triton specialises launches on that, so the
-    # kernel users run assumes it: compile the same assumption into the checked variant.
-    return {(i,): [["tt.divisibility", 16]] for i, kind in enumerate(signature.values()) if kind.startswith("*")}
-
-
 def compile_configs():
     """Every kernel configuration the launchers can launch on a GPU, for ahead-of-time compile
-    checks: dicts with name, fn, signature, constexprs, attrs and options for
-    `triton.compile(ASTSource(fn, signature, constexprs, attrs), target, options)`."""
+    checks: dicts with name, fn, dtype (of x), constexprs and options. The other arguments' types
+    and alignment are what launches give them: tools/triton_configs.py records them."""
     configs = []
     for t in _TRITON_DTYPES:
         for block_n in _BLOCK_N_CHOICES:
             options = {"num_warps": _num_warps(block_n)}
             for has_residual in (False, True):
                 for has_bias in (False, True):
-                    constexprs = {"HAS_RESIDUAL": has_residual, "HAS_BIAS": has_bias, "BLOCK_N": block_n}
-                    signature = {"X": f"*{t}", "R": f"*{t}", "S": f"*{t}", "Y": f"*{t}", "W": f"*{t}",
-                                 "B": f"*{t}", "Mean": "*fp32", "Rstd": "*fp32", "stride_x_row": "i32",
-                                 "stride_r_row": "i32", "M": "i32", "N": "i32", "eps": "fp32",
-                                 **{k: "constexpr" for k in constexprs}}
                     configs.append({"name": f"layer_norm_fwd_{t}_n{block_n}_res{int(has_residual)}_bias{int(has_bias)}",
-                                    "fn": _layer_norm_fwd_kernel, "signature": signature,
-                                    "constexprs": constexprs, "options": options,
-                                    "attrs": _aligned_pointers(signature)})
+                                    "fn": _layer_norm_fwd_kernel, "dtype": t, "options": options,
+                                    "constexprs": {"HAS_RESIDUAL": has_residual, "HAS_BIAS": has_bias,
+                                                   "BLOCK_N": block_n}})
             for has_ds in (False, True):
                 for has_bias in (False, True):
-                    constexprs = {"HAS_BIAS": has_bias, "HAS_DS": has_ds, "BLOCK_N": block_n}
-                    signature = {"DY": f"*{t}", "XS": f"*{t}", "W": f"*{t}", "Mean": "*fp32", "Rstd": "*fp32",
-                                 "DS": f"*{t}", "DX": f"*{t}", "DW_partial": "*fp32", "DB_partial": "*fp32",
-                                 "stride_dy_row": "i32", "stride_xs_row": "i32", "stride_ds_row": "i32",
-                                 "M": "i32", "N": "i32", "G": "i32", **{k: "constexpr" for k in constexprs}}
                     configs.append({"name": f"layer_norm_bwd_{t}_n{block_n}_ds{int(has_ds)}_bias{int(has_bias)}",
-                                    "fn": _layer_norm_bwd_kernel, "signature": signature,
-                                    "constexprs": constexprs, "options": options,
-                                    "attrs": _aligned_pointers(signature)})
+                                    "fn": _layer_norm_bwd_kernel, "dtype": t, "options": options,
+                                    "constexprs": {"HAS_BIAS": has_bias, "HAS_DS": has_ds, "BLOCK_N": block_n}})
         for has_bias in (False, True):
-            constexprs = {"HAS_BIAS": has_bias, "BLOCK_G": _REDUCE_BLOCK_G, "BLOCK_C": _REDUCE_BLOCK_C}
-            signature = {"DW_partial": "*fp32", "DB_partial": "*fp32", "DW": f"*{t}", "DB": f"*{t}",
-                         "G": "i32", "N": "i32", **{k: "constexpr" for k in constexprs}}
             configs.append({"name": f"layer_norm_bwd_reduce_{t}_bias{int(has_bias)}",
-                            "fn": _layer_norm_bwd_reduce_kernel, "signature": signature,
-                            "constexprs": constexprs, "options": {"num_warps": _REDUCE_NUM_WARPS},
-                            "attrs": _aligned_pointers(signature)})
+                            "fn": _layer_norm_bwd_reduce_kernel, "dtype": t,
+                            "constexprs": {"HAS_BIAS": has_bias, "BLOCK_G": _REDUCE_BLOCK_G,
+                                           "BLOCK_C": _REDUCE_BLOCK_C},
+                            "options": {"num_warps": _REDUCE_NUM_WARPS}})
     return configs

@@ -26,9 +26,6 @@ import triton.language as tl
 from nanogpt_kernels.triton._common import device_guard, launch_grid, round_to
 from nanogpt_kernels.triton._jit import jit
 
-EPILOGUES = ("none", "bias", "bias_gelu", "gelu_grad")
-GELUS = ("none", "tanh")
-
 # Epilogue codes of the kernel; "none" is _PLAIN without bias (a runtime flag, not another kernel).
 _PLAIN, _BIAS_GELU, _GELU_GRAD = 0, 2, 3
 _EPILOGUE_CODES = {"none": _PLAIN, "bias": _PLAIN, "bias_gelu": _BIAS_GELU, "gelu_grad": _GELU_GRAD}
@@ -331,61 +328,18 @@ def _operand_layout(t, name):
     return t, t.stride(0), False
 
 
-def _check_matrix(t, name, shape, dtype, device):
-    if not isinstance(t, torch.Tensor) or t.dim() != 2 or tuple(t.shape) != tuple(shape):
-        got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-        raise ValueError(f"{name} must be a tensor of shape {tuple(shape)}, got {got}")
-    if t.dtype != dtype or t.device != device:
-        raise ValueError(f"{name} must be {dtype} on {device}, got {t.dtype} on {t.device}")
-    if t.stride(1) != 1 and t.shape[1] > 1:
-        raise ValueError(f"{name} must have unit column stride, got strides {t.stride()}")
-
-
 def gemm(a, b, d, *, epilogue: str, gelu: str = "none", bias=None, d2=None, aux=None) -> None:
     """d[m, n] = epilogue(sum_k a[m, k] b[k, n]), accumulated in fp32 (csrc/mlp.h, nk::Epilogue).
 
     a [M, K] and b [K, N]: each row- or column-major (any other strides are copied first);
-    d [M, N] with unit column stride. All tensors of one dtype: float32, float16 or bfloat16.
-    epilogue "none": d = acc; "bias": d = acc + bias[n]; "bias_gelu": d = acc (+ bias[n] when
-    bias is not None), d2 = gelu(d as stored); "gelu_grad": d = acc * gelu'(aux), and
-    d2 = gelu(aux) when d2 is not None. gelu: "none" (exact erf) or "tanh"."""
-    if epilogue not in EPILOGUES:
-        raise ValueError(f"epilogue must be one of {EPILOGUES}, got {epilogue!r}")
-    if gelu not in GELUS:
-        raise ValueError(f"gelu must be one of {GELUS}, got {gelu!r}")
-    if not all(isinstance(t, torch.Tensor) and t.dim() == 2 for t in (a, b, d)):
-        raise ValueError("a, b and d must be 2-D tensors")
+    d [M, N] with unit column stride; bias contiguous. All tensors of one dtype: float32,
+    float16 or bfloat16. epilogue "none": d = acc; "bias": d = acc + bias[n]; "bias_gelu":
+    d = acc (+ bias[n] when bias is not None), d2 = gelu(d as stored); "gelu_grad":
+    d = acc * gelu'(aux), and d2 = gelu(aux) when d2 is not None. gelu: "none" (exact erf) or
+    "tanh". The caller (nanogpt_kernels.ops.mlp) passes consistent arguments: the kernel
+    indexes raw memory."""
     M, K = a.shape
     N = b.shape[1]
-    if a.dtype not in _DTYPES:
-        raise ValueError(f"a must be float32, float16 or bfloat16, got {a.dtype}")
-    if b.shape[0] != K:
-        raise ValueError(f"b must have shape [{K}, N] for a of shape {tuple(a.shape)}, got {tuple(b.shape)}")
-    for t, name in ((b, "b"), (d, "d")):
-        if t.dtype != a.dtype or t.device != a.device:
-            raise ValueError(f"{name} must be {a.dtype} on {a.device} like a, got {t.dtype} on {t.device}")
-    _check_matrix(d, "d", (M, N), a.dtype, a.device)
-    if epilogue == "bias" and bias is None:
-        raise ValueError("epilogue 'bias' needs a bias")
-    if epilogue in ("none", "gelu_grad") and bias is not None:
-        raise ValueError(f"epilogue {epilogue!r} takes no bias")
-    if bias is not None:
-        if bias.shape != (N,) or bias.dtype != a.dtype or bias.device != a.device:
-            raise ValueError(f"bias must be [{N}] {a.dtype} on {a.device}, got {tuple(bias.shape)} "
-                             f"{bias.dtype} on {bias.device}")
-        bias = bias.contiguous()
-    if epilogue == "bias_gelu" and d2 is None:
-        raise ValueError("epilogue 'bias_gelu' needs d2 for gelu(d)")
-    if epilogue in ("none", "bias") and d2 is not None:
-        raise ValueError(f"epilogue {epilogue!r} takes no d2")
-    if d2 is not None:
-        _check_matrix(d2, "d2", (M, N), a.dtype, a.device)
-    if epilogue == "gelu_grad":
-        if aux is None:
-            raise ValueError("epilogue 'gelu_grad' needs aux (the pre-activation)")
-        _check_matrix(aux, "aux", (M, N), a.dtype, a.device)
-    elif aux is not None:
-        raise ValueError(f"epilogue {epilogue!r} takes no aux")
     if M == 0 or N == 0:
         return
 
@@ -414,19 +368,14 @@ def gemm(a, b, d, *, epilogue: str, gelu: str = "none", bias=None, d2=None, aux=
 
 def column_sum(x, out) -> None:
     """out[n] = sum over m of x[m, n], in x's dtype, accumulated in fp32 in an order fixed by
-    x's shape (deterministic). x: [M, N] float32/float16/bfloat16; out: [N] like x."""
-    if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.dtype not in _DTYPES:
-        raise ValueError("x must be a 2-D float32, float16 or bfloat16 tensor")
+    x's shape (deterministic). x: [M, N] float32/float16/bfloat16 with unit column stride;
+    out: [N] like x."""
     M, N = x.shape
-    if not isinstance(out, torch.Tensor) or out.shape != (N,) or out.dtype != x.dtype or out.device != x.device:
-        raise ValueError(f"out must be [{N}] {x.dtype} on {x.device}")
     if N == 0:
         return
     if M == 0:
         out.zero_()
         return
-    if x.stride(1) != 1 and N > 1:
-        x = x.contiguous()
     target = out if out.is_contiguous() else torch.empty_like(out)
     G = triton.cdiv(M, _COLSUM_ROWS_PER_PARTIAL)
     # The interpreter pays per program step, not per element: on CPU a slice is one step.
@@ -448,15 +397,6 @@ def column_sum(x, out) -> None:
         out.copy_(target)
 
 
-def _aligned_attrs(signature, divisible):
-    # Torch allocations are 16-byte aligned, and nanoGPT's sizes and leading dimensions (768,
-    # 3072, B*T) are multiples of 16: Triton specialises launches on both, so the checked
-    # variants assume both (they are the ones that vectorise and pipeline, hence the ones
-    # with the most shared memory).
-    return {(i,): [["tt.divisibility", 16]] for i, (name, kind) in enumerate(signature.items())
-            if kind.startswith("*") or name in divisible}
-
-
 def compile_configs():
     """Every kernel configuration the launchers can launch on a GPU, for ahead-of-time compile
     checks (see nanogpt_kernels.triton.layernorm.compile_configs): each GEMM tile config for
@@ -465,33 +405,22 @@ def compile_configs():
     configs = []
     for torch_dtype, t in _DTYPES.items():
         tiles = ("fp32_large", "fp32_small") if t == "fp32" else ("sm80_large", "sm90_large", "small")
-        signature = {"A": f"*{t}", "B": f"*{t}", "D": f"*{t}", "D2": f"*{t}", "Bias": f"*{t}", "Aux": f"*{t}",
-                     "M": "i32", "N": "i32", "K": "i32", "lda": "i32", "ldb": "i32", "ldd": "i32", "ldd2": "i32",
-                     "ld_aux": "i32", "has_bias": "i32", "has_d2": "i32", "epilogue": "i32", "gelu_tanh": "i32"}
-        divisible = ("M", "N", "K", "lda", "ldb", "ldd", "ldd2", "ld_aux")
         for tile in tiles:
             block_m, block_n, block_k, num_warps, num_stages, split = _CONFIGS[tile]
             for a_col_major, b_k_contig in itertools.product((False, True), (False, True)):
-                constexprs = {"A_COL_MAJOR": a_col_major, "B_K_CONTIG": b_k_contig, "UPCAST_DOT": False,
-                              "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": _GROUP_M,
-                              "EPILOGUE_SPLIT": split}
-                sig = {**signature, **{k: "constexpr" for k in constexprs}}
                 configs.append({
                     "name": f"gemm_{t}_{tile}_a{'col' if a_col_major else 'row'}_b{'k' if b_k_contig else 'n'}",
-                    "fn": _gemm_kernel, "signature": sig, "constexprs": constexprs,
-                    "options": {"num_warps": num_warps, "num_stages": num_stages},
-                    "attrs": _aligned_attrs(sig, divisible)})
+                    "fn": _gemm_kernel, "dtype": t, "options": {"num_warps": num_warps, "num_stages": num_stages},
+                    "constexprs": {"A_COL_MAJOR": a_col_major, "B_K_CONTIG": b_k_contig, "UPCAST_DOT": False,
+                                   "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": _GROUP_M,
+                                   "EPILOGUE_SPLIT": split}})
         # The first stage writes float32 partials, or the output in t when M fits one slice.
         for out in sorted({"fp32", t}):
-            constexprs = {"ROWS": _COLSUM_ROWS_PER_PARTIAL, "BLOCK_M": _COLSUM_BLOCK_M, "BLOCK_N": _COLSUM_BLOCK_N}
-            sig = {"X": f"*{t}", "Out": f"*{out}", "M": "i32", "N": "i32", "ldx": "i32",
-                   **{k: "constexpr" for k in constexprs}}
-            configs.append({"name": f"column_sum_{t}_out_{out}", "fn": _column_sum_kernel, "signature": sig,
-                            "constexprs": constexprs, "options": {"num_warps": _COLSUM_NUM_WARPS},
-                            "attrs": _aligned_attrs(sig, ("N", "ldx"))})
-        constexprs = {"BLOCK_G": _COLSUM_BLOCK_M, "BLOCK_N": _COLSUM_BLOCK_N}
-        sig = {"Partial": "*fp32", "Out": f"*{t}", "G": "i32", "N": "i32", **{k: "constexpr" for k in constexprs}}
-        configs.append({"name": f"column_sum_reduce_{t}", "fn": _column_sum_reduce_kernel, "signature": sig,
-                        "constexprs": constexprs, "options": {"num_warps": _COLSUM_NUM_WARPS},
-                        "attrs": _aligned_attrs(sig, ("N",))})
+            configs.append({"name": f"column_sum_{t}_out_{out}", "fn": _column_sum_kernel, "dtype": t,
+                            "launched_with": {"Out": f"*{out}"}, "options": {"num_warps": _COLSUM_NUM_WARPS},
+                            "constexprs": {"ROWS": _COLSUM_ROWS_PER_PARTIAL, "BLOCK_M": _COLSUM_BLOCK_M,
+                                           "BLOCK_N": _COLSUM_BLOCK_N}})
+        configs.append({"name": f"column_sum_reduce_{t}", "fn": _column_sum_reduce_kernel, "dtype": t,
+                        "constexprs": {"BLOCK_G": _COLSUM_BLOCK_M, "BLOCK_N": _COLSUM_BLOCK_N},
+                        "options": {"num_warps": _COLSUM_NUM_WARPS}})
     return configs

@@ -1,6 +1,6 @@
 """normal_init_ in Triton: fill many tensors from N(mean_i, std_i) in one launch, bit for bit
-the generator that `nanogpt_kernels.ops.normal_init` specifies (Philox4x32-10, Box-Muller with
-polynomial log/cos/sin, every fp32 operation rounded on its own).
+the generator that `nanogpt_kernels.ops.normal_init_gen` specifies (Philox4x32-10, Box-Muller
+with polynomial log/cos/sin, every fp32 operation rounded on its own).
 
 One launch for any number of tensors. The launcher writes a table (one int64 tensor, one
 host-to-device copy) with a row per non-empty tensor: its first slot, data address, numel,
@@ -40,9 +40,10 @@ from __future__ import annotations
 import torch
 import triton.language as tl
 
-from nanogpt_kernels.ops import normal_init as _spec
+from nanogpt_kernels.ops import normal_init_gen as _spec
 from nanogpt_kernels.triton._common import device_guard, launch_grid, round_to
 from nanogpt_kernels.triton._jit import jit
+from nanogpt_kernels.triton.philox import philox4x32_10
 
 # Slots (counter blocks, 4 elements each) per program on a GPU: 2048 elements, two blocks per
 # thread at 8 warps, 42 (sm_80) / 48 (sm_90a) registers, no shared memory. Four per thread
@@ -61,8 +62,6 @@ _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _MASK32 = 0xFFFFFFFF
 
 # The spec's constants, as constexprs a kernel may read (float32 values held in Python floats).
-PHILOX_M0, PHILOX_M1 = tl.constexpr(_spec.PHILOX_M0), tl.constexpr(_spec.PHILOX_M1)
-PHILOX_W0, PHILOX_W1 = tl.constexpr(_spec.PHILOX_W0), tl.constexpr(_spec.PHILOX_W1)
 HALF_PI, SQRT2, LN2 = tl.constexpr(_spec.HALF_PI), tl.constexpr(_spec.SQRT2), tl.constexpr(_spec.LN2)
 L1, L3, L5, L7, L9 = (tl.constexpr(getattr(_spec, f"L{k}")) for k in (1, 3, 5, 7, 9))
 S3, S5, S7, S9, S11 = (tl.constexpr(getattr(_spec, f"S{k}")) for k in (3, 5, 7, 9, 11))
@@ -71,25 +70,6 @@ C2, C4, C6, C8, C10, C12 = (tl.constexpr(getattr(_spec, f"C{k}")) for k in (2, 4
 
 # --------------------------------------------------------------------------------------------
 # Triton kernels
-
-
-@jit
-def _philox4x32_10(c0, c1, c2, c3, k0, k1):
-    # uint32 words: umulhi is the high word of the 64-bit product (mul.hi.u32), and the low
-    # word, computed in 64 bits and truncated, compiles to mul.lo.u32. Wrapping 32-bit ops
-    # would be as right, but Triton's overflow sanitizer (always on in the interpreter, where
-    # it costs time and checks nothing) skips only 64-bit ones; the key schedule is 64-bit too.
-    k0 = k0.to(tl.uint64)
-    k1 = k1.to(tl.uint64)
-    for _ in tl.static_range(10):
-        hi0 = tl.umulhi(c0, PHILOX_M0)
-        lo0 = (c0.to(tl.uint64) * PHILOX_M0).to(tl.uint32)
-        hi1 = tl.umulhi(c2, PHILOX_M1)
-        lo1 = (c2.to(tl.uint64) * PHILOX_M1).to(tl.uint32)
-        c0, c1, c2, c3 = hi1 ^ c1 ^ k0.to(tl.uint32), lo1, hi0 ^ c3 ^ k1.to(tl.uint32), lo0
-        k0 = (k0 + PHILOX_W0) & 0xFFFFFFFF
-        k1 = (k1 + PHILOX_W1) & 0xFFFFFFFF
-    return c0, c1, c2, c3
 
 
 @jit
@@ -243,8 +223,8 @@ def _normal_init_kernel(
     k1 = tl.load(key + 1).to(tl.uint32)
 
     n = (offset >> 2) + block_in_tensor  # Philox counter block of each slot, int64
-    w0, w1, w2, w3 = _philox4x32_10(n.to(tl.uint32), (n >> 32).to(tl.uint32),
-                                    stream.to(tl.uint32), (stream >> 32).to(tl.uint32), k0, k1)
+    w0, w1, w2, w3 = philox4x32_10(n.to(tl.uint32), (n >> 32).to(tl.uint32),
+                                   stream.to(tl.uint32), (stream >> 32).to(tl.uint32), k0, k1)
     z0, z1 = _box_muller(w0, w1)
     z2, z3 = _box_muller(w2, w3)
 
@@ -284,18 +264,13 @@ def normal_init_(tensors, means, stds, streams, offsets, seed):
     """Fill every tensor (all on one device, contiguous, fp32/fp16/bf16) in place, in ONE kernel launch.
 
     Element j of tensors[i] becomes element j + offsets[i] of stream streams[i] of the generator
-    in `nanogpt_kernels.ops.normal_init`, with mean means[i] and std stds[i]. The caller validates
-    the arguments; offsets must be >= 0. Returns tensors."""
+    in `nanogpt_kernels.ops.normal_init_gen`, with mean means[i] and std stds[i]. The caller
+    (nanogpt_kernels.ops.normal_init) validates the arguments: the kernel writes through raw
+    addresses, and a wrong layout would corrupt memory. Returns tensors."""
     live = [i for i, t in enumerate(tensors) if t.numel() > 0]
     if not live:
         return tensors
     device = tensors[live[0]].device
-    for i in live:
-        t = tensors[i]
-        # Raw addresses are written without bounds checks: a wrong layout would corrupt memory.
-        if t.dtype not in _DTYPE_CODES or not t.is_contiguous() or t.device != device:
-            raise ValueError(f"normal_init_ (triton): tensors[{i}] must be a contiguous float32, float16 or "
-                             f"bfloat16 tensor on {device}, got {t.dtype}, strides {t.stride()}, {t.device}")
     numel = torch.tensor([tensors[i].numel() for i in live], dtype=torch.int64)
     offset = torch.tensor([offsets[i] for i in live], dtype=torch.int64)
     blocks = (offset + numel - 1) // 4 - offset // 4 + 1  # counter blocks each tensor touches
@@ -329,11 +304,8 @@ def normal_init_(tensors, means, stds, streams, offsets, seed):
 
 def compile_configs():
     """The kernel configuration the launcher launches on a GPU, for ahead-of-time compile
-    checks (see nanogpt_kernels.triton.layernorm.compile_configs)."""
-    constexprs = {"ROW": _ROW, "BLOCK": _BLOCK}
-    signature = {"Table": "*i64", "n_tensors": "i32",
-                 **{k: "constexpr" for k in constexprs}}
-    return [{"name": f"normal_init_b{_BLOCK}", "fn": _normal_init_kernel, "signature": signature,
-             "constexprs": constexprs, "options": {"num_warps": _NUM_WARPS, "enable_fp_fusion": False},
-             # The table is a torch allocation: 16-byte aligned, as launches specialise.
-             "attrs": {(0,): [["tt.divisibility", 16]]}}]
+    checks (see nanogpt_kernels.triton.layernorm.compile_configs). Its arguments are the same
+    for every dtype (the table holds each tensor's): dtype None."""
+    return [{"name": f"normal_init_b{_BLOCK}", "fn": _normal_init_kernel, "dtype": None,
+             "constexprs": {"ROW": _ROW, "BLOCK": _BLOCK},
+             "options": {"num_warps": _NUM_WARPS, "enable_fp_fusion": False}}]

@@ -10,7 +10,7 @@
 // kernels fail to write shows up too.
 //
 // Reference: causal softmax attention in double, with the dropout mask of the spec in
-// attention.h computed here from nk_gen::philox4x32_10. The bar for each output is the error
+// attention.h computed here from nk::philox4x32_10. The bar for each output is the error
 // of a naive implementation that rounds every intermediate tensor to the storage dtype (as
 // eager PyTorch does), both measured against the double reference: the kernels must stay
 // within 3x of it (FlashAttention's own criterion is 2x forward, 3x backward) plus a few
@@ -68,7 +68,7 @@ constexpr int B = 2, H = 3;
 // The spec's keep decision, written out independently of the kernels' helpers.
 bool spec_keep(uint64_t seed, int bh, int i, int j, uint32_t threshold) {
   uint32_t c0 = (uint32_t)(j >> 2), c1 = (uint32_t)i, c2 = (uint32_t)bh, c3 = 0;
-  nk_gen::philox4x32_10(c0, c1, c2, c3, (uint32_t)(seed & 0xffffffffu), (uint32_t)(seed >> 32));
+  nk::philox4x32_10(c0, c1, c2, c3, (uint32_t)(seed & 0xffffffffu), (uint32_t)(seed >> 32));
   const uint32_t w[4] = {c0, c1, c2, c3};
   return w[j & 3] >= threshold;
 }

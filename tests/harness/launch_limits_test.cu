@@ -112,14 +112,14 @@ bool test_limits() {
   f.x_row_stride = f.cols;
   f.eps = 1e-5f;
   f.dtype = nk::DType::f32;
-  if (!refused(layernorm_forward(f, nullptr), "cols", "layernorm_forward, cols = 65537")) return false;
+  if (!refused(layer_norm_forward(f, nullptr), "cols", "layer_norm_forward, cols = 65537")) return false;
   nk::LayerNormBwdParams b{};
   b.rows = 1;
   b.cols = int64_t(1) << 32;  // (int) cols would be 0
   b.dy_row_stride = b.xs_row_stride = b.cols;
   b.sm_count = 1;
   b.dtype = nk::DType::bf16;
-  return refused(layernorm_backward(b, nullptr), "cols", "layernorm_backward, cols = 2^32");
+  return refused(layer_norm_backward(b, nullptr), "cols", "layer_norm_backward, cols = 2^32");
 }
 #endif
 

@@ -28,7 +28,7 @@ void run_case(int64_t rows, int64_t cols, int64_t row_stride, bool residual, boo
   nk::LayerNormFwdParams fp{x.data(), row_stride, residual ? r.data() : nullptr, row_stride, w.data(),
                             bias ? b.data() : nullptr, y.data(), residual ? s.data() : nullptr, mean.data(),
                             rstd.data(), rows, cols, 1e-5f, nk::DType::f32};
-  if (const char* err = nk_cpu::layernorm_forward(fp, nullptr)) {
+  if (const char* err = nk_cpu::layer_norm_forward(fp, nullptr)) {
     std::printf("FAIL forward launch: %s\n", err);
     ++g_failed;
     return;
@@ -37,14 +37,14 @@ void run_case(int64_t rows, int64_t cols, int64_t row_stride, bool residual, boo
   std::vector<float> dy(rows * cols), ds(residual ? rows * cols : 0), dx(rows * cols), dw(cols), db(cols);
   for (auto* v : {&dy, &ds})
     for (float& e : *v) e = normal(rng);
-  std::vector<float> ws(nk_cpu::layernorm_bwd_workspace_floats(rows, cols, 3));
+  std::vector<float> ws(nk_cpu::layer_norm_bwd_workspace_floats(rows, cols, 3));
   poison(ws);
   const float* xs = residual ? s.data() : x.data();
   const int64_t xs_stride = residual ? cols : row_stride;
   nk::LayerNormBwdParams bp{dy.data(), cols, xs, xs_stride, residual ? ds.data() : nullptr, cols, w.data(),
                             mean.data(), rstd.data(),
                             dx.data(), dw.data(), db.data(), ws.data(), rows, cols, 3, nk::DType::f32};
-  if (const char* err = nk_cpu::layernorm_backward(bp, nullptr)) {
+  if (const char* err = nk_cpu::layer_norm_backward(bp, nullptr)) {
     std::printf("FAIL backward launch: %s\n", err);
     ++g_failed;
     return;
@@ -106,13 +106,13 @@ void run_bounds_case(int64_t rows, int64_t cols, int64_t row_stride, bool residu
   nk::LayerNormFwdParams fp{x.data(), row_stride, residual ? r.data() : nullptr, row_stride, w.data(), b.data(),
                             y.data(), residual ? s.data() : nullptr, mean.data(), rstd.data(), rows, cols, 1e-5f,
                             dtype};
-  std::vector<float> ws(nk_cpu::layernorm_bwd_workspace_floats(rows, cols, 3));
+  std::vector<float> ws(nk_cpu::layer_norm_bwd_workspace_floats(rows, cols, 3));
   poison(ws);
   nk::LayerNormBwdParams bp{dy.data(), cols, residual ? s.data() : x.data(), residual ? cols : row_stride,
                             residual ? ds.data() : nullptr, cols, w.data(), mean.data(), rstd.data(), dx.data(),
                             dw.data(), db.data(), ws.data(), rows, cols, 3, dtype};
-  const char* err = nk_cpu::layernorm_forward(fp, nullptr);
-  if (!err) err = nk_cpu::layernorm_backward(bp, nullptr);
+  const char* err = nk_cpu::layer_norm_forward(fp, nullptr);
+  if (!err) err = nk_cpu::layer_norm_backward(bp, nullptr);
   for (auto* v : {&y, &s, &dx, &dw, &db}) digest(*v);
   bool finite = true;
   for (auto* v : {&y, &dx, &dw, &db})

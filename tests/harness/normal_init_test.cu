@@ -1,6 +1,6 @@
 // The normal_init_ kernels driven without torch, so that tests/test_normal_init_harness.py can
 // run them under AddressSanitizer: nk_cpu::normal_init (the CUDA kernel of csrc/normal_init.cu
-// on the CPU harness) and nk_host::normal_init (csrc/cpu/normal_init_host.cpp, 1 and 3 threads)
+// on the CPU harness) and nk_host::normal_init (csrc/host/normal_init.cpp, 1 and 3 threads)
 // fill tensors of odd sizes, stream offsets and alignments in all three dtypes, each in an
 // allocation of exactly its size, and must agree bit for bit with a one-element-at-a-time
 // reference built from the same generator functions and the harness's conversions. (Agreement
@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "../../csrc/normal_init.cu"
-#include "../../csrc/cpu/normal_init_host.cpp"
+#include "../../csrc/host/normal_init.cpp"
 
 namespace {
 

@@ -1,4 +1,4 @@
-// normal_init_host.cpp: the multithreaded host path of normal_init_ (nk_host::normal_init),
+// host/normal_init.cpp: the multithreaded host path of normal_init_ (nk_host::normal_init),
 // bit for bit the generator of csrc/normal_init_gen.cuh, as fast as plain C++ gets it.
 //
 // SIMD without writing it by hand: the generator runs over a tile of kTile = 64 counter blocks
@@ -33,6 +33,7 @@
 
 #include "../normal_init.h"
 #include "../normal_init_gen.cuh"
+#include "../philox.cuh"
 
 #define NK_HOST_INLINE inline __attribute__((always_inline))
 
@@ -96,9 +97,9 @@ struct PhiloxPortable {
   static NK_HOST_INLINE void run(uint32_t* __restrict c0, uint32_t* __restrict c1, uint32_t* __restrict c2,
                                  uint32_t* __restrict c3, uint32_t k0, uint32_t k1) {
     for (int r = 0; r < 10; ++r) {
-      for (int i = 0; i < kTile; ++i) nk_gen::philox_round(c0[i], c1[i], c2[i], c3[i], k0, k1);
-      k0 += nk_gen::kPhiloxW0;
-      k1 += nk_gen::kPhiloxW1;
+      for (int i = 0; i < kTile; ++i) nk::philox_round(c0[i], c1[i], c2[i], c3[i], k0, k1);
+      k0 += nk::kPhiloxW0;
+      k1 += nk::kPhiloxW1;
     }
   }
 };
@@ -124,7 +125,7 @@ struct PhiloxAvx512 {
   NK_TARGET_AVX512 __attribute__((noinline)) static void run(uint32_t* __restrict c0, uint32_t* __restrict c1,
                                                             uint32_t* __restrict c2, uint32_t* __restrict c3,
                                                             uint32_t k0, uint32_t k1) {
-    const __m512i m0 = _mm512_set1_epi32((int)nk_gen::kPhiloxM0), m1 = _mm512_set1_epi32((int)nk_gen::kPhiloxM1);
+    const __m512i m0 = _mm512_set1_epi32((int)nk::kPhiloxM0), m1 = _mm512_set1_epi32((int)nk::kPhiloxM1);
     static_assert(kTile % 16 == 0);
     for (int i = 0; i < kTile; i += 16) {
       __m512i x0 = _mm512_load_si512(c0 + i), x1 = _mm512_load_si512(c1 + i);
@@ -138,8 +139,8 @@ struct PhiloxAvx512 {
         x2 = _mm512_xor_si512(_mm512_xor_si512(hi0, x3), _mm512_set1_epi32((int)b));
         x1 = lo1;
         x3 = lo0;
-        a += nk_gen::kPhiloxW0;
-        b += nk_gen::kPhiloxW1;
+        a += nk::kPhiloxW0;
+        b += nk::kPhiloxW1;
       }
       _mm512_store_si512(c0 + i, x0);
       _mm512_store_si512(c1 + i, x1);
@@ -161,7 +162,7 @@ struct PhiloxAvx2 {
   NK_TARGET_AVX2 __attribute__((noinline)) static void run(uint32_t* __restrict c0, uint32_t* __restrict c1,
                                                           uint32_t* __restrict c2, uint32_t* __restrict c3,
                                                           uint32_t k0, uint32_t k1) {
-    const __m256i m0 = _mm256_set1_epi32((int)nk_gen::kPhiloxM0), m1 = _mm256_set1_epi32((int)nk_gen::kPhiloxM1);
+    const __m256i m0 = _mm256_set1_epi32((int)nk::kPhiloxM0), m1 = _mm256_set1_epi32((int)nk::kPhiloxM1);
     static_assert(kTile % 8 == 0);
     for (int i = 0; i < kTile; i += 8) {
       __m256i x0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(c0 + i));
@@ -177,8 +178,8 @@ struct PhiloxAvx2 {
         x2 = _mm256_xor_si256(_mm256_xor_si256(hi0, x3), _mm256_set1_epi32((int)b));
         x1 = lo1;
         x3 = lo0;
-        a += nk_gen::kPhiloxW0;
-        b += nk_gen::kPhiloxW1;
+        a += nk::kPhiloxW0;
+        b += nk::kPhiloxW1;
       }
       _mm256_store_si256(reinterpret_cast<__m256i*>(c0 + i), x0);
       _mm256_store_si256(reinterpret_cast<__m256i*>(c1 + i), x1);
@@ -314,7 +315,7 @@ FillFn pick_fill() {
 // FMA instructions) or any other miscompilation changes low bits of the results. Checked once
 // per process on one tile: an FNV-1a hash of the float32 bits of stream elements 0..255 of
 // stream 0x0fedcba987654321 under seed 0x0123456789abcdef, mean 0, std 1, as
-// nanogpt_kernels.ops.normal_init.normal_eager computes them (with an IEEE sqrt).
+// nanogpt_kernels.ops.normal_init_gen.normal_eager computes them (with an IEEE sqrt).
 constexpr uint64_t kSelfTestHash = 0x9f66edad2b361e2aull;
 
 bool self_test(FillFn fill) {
@@ -352,7 +353,7 @@ const char* normal_init(const nk::NormalInitEntry* table, int n, uint64_t seed, 
   static const FillFn fill = pick_fill();
   static const bool fill_ok = self_test(fill);
   if (!fill_ok) {
-    return "the host generator does not reproduce the reference bits: was csrc/cpu/normal_init_host.cpp "
+    return "the host generator does not reproduce the reference bits: was csrc/host/normal_init.cpp "
            "compiled with floating-point contraction? (it needs -ffp-contract=off)";
   }
   if (items.empty()) return nullptr;

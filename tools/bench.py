@@ -1,4 +1,5 @@
-"""The benchmark suite: `python -m nanogpt_kernels bench [--ops ...] [--quick] [--out DIR]`.
+"""The benchmark suite: `python -m tools bench [--ops ...] [--quick] [--out DIR]`, run from the
+source checkout.
 
 Runs every op benchmark of `benchmarks/` (LayerNorm, add_layer_norm, causal attention, GELU-MLP,
 normal init) and the end-to-end GPT-2 training step, then writes into DIR:
@@ -17,8 +18,6 @@ On a GPU, peaks are measured at start-up (a large device copy, a large bf16 GEMM
 timing is triton.testing.do_bench's median (warm-up, L2 flushed). Without a GPU the suite runs
 in smoke mode: tiny shapes, CPU providers, every figure labelled "not GPU figures"; it
 exercises every code path, and its numbers mean nothing.
-
-The benchmarks live in the source checkout (`benchmarks/`), which the suite needs.
 """
 from __future__ import annotations
 
@@ -33,6 +32,9 @@ import time
 import traceback
 from pathlib import Path
 
+from benchmarks import common, roofline
+from tools import progress
+
 # op -> the benchmark module that measures it
 OPS = {"layer_norm": "bench_layernorm", "add_layer_norm": "bench_layernorm", "causal_attention": "bench_attention",
        "gelu_mlp": "bench_mlp", "normal_init": "bench_init", "gpt2_train_step": "bench_e2e"}
@@ -40,21 +42,6 @@ ALIASES = {"e2e": "gpt2_train_step", "layernorm": "layer_norm", "attention": "ca
            "init": "normal_init"}
 OUR_PROVIDERS = ("triton", "cuda")  # and every "fused-..." of the end-to-end benchmark
 PLOT_MODES = ("fwd", "bwd", "fwd+bwd")
-
-
-def benchmarks_dir() -> Path:
-    path = Path(__file__).resolve().parent.parent / "benchmarks"
-    if not (path / "common.py").is_file():
-        raise RuntimeError(f"{path} not found: the benchmark suite needs the source checkout "
-                           "(an editable install, `pip install -e .`), not an installed wheel")
-    return path
-
-
-def _import_benchmarks():
-    path = str(benchmarks_dir())
-    if path not in sys.path:
-        sys.path.insert(0, path)
-    return importlib.import_module("common"), importlib.import_module("roofline")
 
 
 def _is_ours(provider: str) -> bool:
@@ -84,14 +71,14 @@ class _Progress:
             self.bar.set_postfix_str(what[:60])
             self.bar.update(1)
         else:
-            print(f"[{self.done}/{self.total}] {what}", flush=True)
+            progress(self.done, self.total, what)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
 
 
-def collect_cases(ops, settings, common):
+def collect_cases(ops, settings):
     """(cases, records of ops whose benchmark could not even be set up)."""
     by_module: dict[str, list[str]] = {}
     for op in ops:
@@ -99,7 +86,7 @@ def collect_cases(ops, settings, common):
     cases, failed = [], []
     for module_name, module_ops in by_module.items():
         try:
-            module = importlib.import_module(module_name)
+            module = importlib.import_module(f"benchmarks.{module_name}")
             if module_name == "bench_layernorm":
                 cases += module.cases(settings, ops=tuple(module_ops))
             else:
@@ -119,12 +106,12 @@ def collect_cases(ops, settings, common):
 
 def _failed_op_record(op, status, reason, settings):
     return {"op": op, "provider": "*", "mode": "*", "shape": "*", "size": None, "dtype": str(settings.dtype).removeprefix(
-        "torch."), "status": status, "reason": reason, "ms": None, "TFLOP/s": None, "GB/s": None, "roofline_pct": None,
+        "torch."), "status": status, "reason": reason, "ms": None, "timer": None, "TFLOP/s": None, "GB/s": None, "roofline_pct": None,
             "peak_bytes": None, "flops": None, "bytes": None, "valid": False, "smoke": settings.smoke}
 
 
-def run_suite(ops, settings, common):
-    cases, records = collect_cases(ops, settings, common)
+def run_suite(ops, settings):
+    cases, records = collect_cases(ops, settings)
     progress = _Progress(len(cases))
     settings.log = progress.log
     try:
@@ -237,7 +224,9 @@ def summary_markdown(meta, records) -> str:
 
 
 def _e2e_table(rows):
-    lines = ["| model | provider | step | tokens/s | TFLOP/s | MFU (datasheet) | MFU (measured peak) | peak memory "
+    lines = ["MFU is nanoGPT's: 6 N + 12 L H Q T FLOPs per token, which counts attention as non-causal "
+             "(twice the causal kernels' work).", "",
+             "| model | provider | step | tokens/s | TFLOP/s | MFU (datasheet) | MFU (measured peak) | peak memory "
              "| vs eager |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for shape in dict.fromkeys(r["shape"] for r in rows):
         at = [r for r in rows if r["shape"] == shape]
@@ -251,7 +240,7 @@ def _e2e_table(rows):
     return lines + [""]
 
 
-def write_plots(plot_dir: Path, meta, records, roofline) -> list[Path]:
+def write_plots(plot_dir: Path, meta, records) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -269,7 +258,7 @@ def write_plots(plot_dir: Path, meta, records, roofline) -> list[Path]:
             modes = [m for m in PLOT_MODES if any(r["mode"] == m for r in rows)] or ["fwd"]
             fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4.2), squeeze=False)
             for ax, mode in zip(axes[0], modes):
-                _plot_mode(ax, [r for r in rows if r["mode"] == mode], mode, peaks, roofline)
+                _plot_mode(ax, [r for r in rows if r["mode"] == mode], mode, peaks)
             if not rows:
                 axes[0][0].text(0.5, 0.5, "no measurements (every provider skipped)", ha="center", va="center",
                                 transform=axes[0][0].transAxes)
@@ -283,7 +272,7 @@ def write_plots(plot_dir: Path, meta, records, roofline) -> list[Path]:
     return written
 
 
-def _plot_mode(ax, rows, mode, peaks, roofline):
+def _plot_mode(ax, rows, mode, peaks):
     metric = rows[0]["metric"] if rows else "GB/s"
     lines: dict = {}
     for r in rows:
@@ -335,7 +324,7 @@ def _plot_e2e(plt, rows):
 # -- entry point -----------------------------------------------------------------------------------
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m nanogpt_kernels bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--ops", nargs="+", default=None, metavar="OP",
                    help=f"ops to run (default: all): {', '.join(OPS)} (also: {', '.join(ALIASES)})")
     p.add_argument("--quick", action="store_true", help="fewer shapes and shorter timing (the GPU validation run)")
@@ -358,7 +347,6 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    common, roofline = _import_benchmarks()
     started = time.perf_counter()
     out = Path(args.out or Path("bench-results") / datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S"))
     out.mkdir(parents=True, exist_ok=True)
@@ -368,7 +356,7 @@ def main(argv=None) -> int:
     settings.peaks = roofline.measure_peaks(settings.device, quick=args.quick)
     print(f"peaks: {settings.peaks['bandwidth'] / 1e9:.1f} GB/s, {settings.peaks['flops'] / 1e12:.2f} TFLOP/s "
           f"({settings.peaks['source']})", flush=True)
-    records = run_suite(args.ops, settings, common)
+    records = run_suite(args.ops, settings)
 
     meta = common.metadata(settings)
     meta["datasheet_peaks"] = roofline.datasheet_peaks(meta["gpu"])
@@ -381,7 +369,7 @@ def main(argv=None) -> int:
         json.dump({"meta": meta, "results": ok, "skipped": not_ok}, f, indent=1, default=str)
     (out / "summary.md").write_text(summary_markdown(meta, records))
     try:
-        write_plots(out / "plots", meta, records, roofline)
+        write_plots(out / "plots", meta, records)
     except Exception as e:  # plots are a view of the results, which are already written
         print(f"plots not written: {common.short(e)}", file=sys.stderr)
 
