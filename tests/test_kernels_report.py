@@ -6,10 +6,12 @@ recompiles exactly what changed. No GPU needed (nvcc and Triton's cuobjdump are)
 import dataclasses
 import importlib.util
 import json
+import pathlib
 
 import pytest
 import torch
 
+from tools import budgets
 from tools import kernels as kr
 from tools import triton_configs
 
@@ -185,6 +187,49 @@ def test_triton_gemm_without_tensor_cores_is_a_problem(toy_triton, tmp_path):
     assert rows["toy_matmul_dot", "sm_80"].hmma > 0
 
 
+def test_main_loop_figures_of_tensor_core_kernels(full_report):
+    """Every kernel on tensor cores has a main loop with HMMAs, so issue slots and shared bytes
+    per HMMA, on both arches and sources: the figures the budgets hold."""
+    _, data = full_report
+    gemm = [r for r in data["kernels"] if r["kind"] == "gemm"]
+    for row in gemm:
+        assert row["loop_mma_equivalents"], row
+        assert row["issue_per_mma"] == pytest.approx(row["loop_instructions"] / row["loop_mma_equivalents"])
+        assert row["shared_bytes_per_mma"] > 0, row
+
+
+def test_budget_file_is_consistent():
+    """Every budget entry holds both figures; a budget above its baseline says why; the misses
+    are those of the budget against the targets."""
+    data = budgets.load()
+    assert data["targets"] == budgets.TARGETS and data["kernels"]
+    for name, entry in data["kernels"].items():
+        assert set(entry["budget"]) == set(entry["baseline"]) == set(budgets.FIGURES), name
+        raised = [f for f in budgets.FIGURES if entry["budget"][f] > entry["baseline"][f]]
+        assert not raised or entry.get("reason"), f"{name}: budget raised above its baseline for {raised} without a reason"
+        assert entry["misses"] == budgets.misses(entry["budget"]), name
+
+
+def test_budget_gate_catches_a_slowed_kernel(tmp_path):
+    """The toy GEMM loop of tests/kernels/toy_gemm_loop.cu, budgeted as it is, passes; the same
+    loop with 16 more FMAs per iteration (NK_SLOW_LOOP) fails, naming the figure that moved."""
+    toy = pathlib.Path(__file__).parent / "kernels" / "toy_gemm_loop.cu"
+    slow = tmp_path / "slow" / "toy_gemm_loop.cu"
+    slow.parent.mkdir()
+    slow.write_text(f'#define NK_SLOW_LOOP\n#include "{toy}"\n')
+    fast_rows = kr.cuda_resources(ARCHS, sources=[toy], cache_dir=tmp_path / "cache")
+    slow_rows = kr.cuda_resources(ARCHS, sources=[slow], cache_dir=tmp_path / "cache")
+    assert {r.name for r in fast_rows if budgets.budgeted(r)} == {"toy_gemm_loop"}
+    recorded = budgets.record(fast_rows, "today")
+    assert len(recorded["kernels"]) == 2  # one per arch
+    assert budgets.check(fast_rows, recorded) == []
+    failures = budgets.check(slow_rows, recorded)
+    assert len(failures) == 2 and all("toy_gemm_loop: issue_per_mma" in f and "> budget" in f for f in failures), \
+        failures
+    unbudgeted = budgets.check(fast_rows, {"kernels": {}})
+    assert len(unbudgeted) == 2 and all("no budget" in f for f in unbudgeted)
+
+
 def test_cuda_cache_recompiles_what_changed(tmp_path, monkeypatch):
     """A second run compiles nothing and gives the same rows; editing a header beside the
     source compiles it again."""
@@ -325,10 +370,14 @@ SASS = """
 
 def test_sass_counts():
     counts = kr.sass_counts(SASS)
+    no_loop = dict.fromkeys(kr.LOOP_COLUMNS)  # neither function has a backward branch
     assert counts["_Z4gemmv"] == {"hmma": 1, "hgmma": 1, "global_loads": 2, "global_loads_128": 2,
-                                  "global_stores": 2, "global_stores_128": 1}
+                                  "global_stores": 2, "global_stores_128": 1, **no_loop}
     assert counts["_Z4copyv"] == {"hmma": 0, "hgmma": 0, "global_loads": 2, "global_loads_128": 0,
-                                  "global_stores": 1, "global_stores_128": 0}
+                                  "global_stores": 1, "global_stores_128": 0, **no_loop}
+    looped = kr.sass_counts(SASS.replace("STG.E.U16 desc[UR4][R2.64], R4 ;", "BRA 0x30 ;"))["_Z4gemmv"]
+    assert [looped[k] for k in kr.LOOP_COLUMNS] == [4, 1 + 64 * 128 * 16 / 4 / 2048, 2 * (16 * 128 + 64 * 16) / 4,
+                                                    512, 0]
 
 
 PTX = """

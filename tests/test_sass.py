@@ -1,5 +1,6 @@
 """The SASS main-loop reader (tools/sass.py) on kernels whose mix is known: hand-written SASS,
 and small CUDA kernels compiled by nvcc and disassembled."""
+import pathlib
 import subprocess
 
 import pytest
@@ -72,6 +73,7 @@ def test_mma_shapes_and_widths():
         Function : shapes
         /*0000*/                   HMMA.1688.F32.TF32 R0, R4, R8, R0 ;
         /*0010*/                   HGMMA.64x128x16.F32.BF16 R24, gdesc[UR4], R24 ;
+        /*0018*/                   HGMMA.64x64x16.F32.BF16 R88, R120, gdesc[UR8], R88 ;
         /*0020*/                   LDS.U16 R1, [R2] ;
         /*0030*/                   STS.64 [R2], R4 ;
         /*0040*/                   LDSM.16.M88.2 R6, [R3] ;
@@ -79,9 +81,12 @@ def test_mma_shapes_and_widths():
 """
 
     m = sass.main_loop(next(iter(sass.functions(text).values())))
-    assert m.mma_equivalents == 0.5 + 64 * 128 * 16 / (16 * 8 * 16)
-    assert (m.hmma, m.hgmma) == (1, 1)
-    assert m.shared_bytes == 32 * 2 + 32 * 8 + 256
+    # Per warp: a quarter of each HGMMA, whose operands come from shared memory without a load
+    # (both for the first, B only for the second, whose A is in registers).
+    assert m.mma_equivalents == 0.5 + (64 * 128 * 16 + 64 * 64 * 16) / 4 / (16 * 8 * 16)
+    assert (m.hmma, m.hgmma) == (1, 2)
+    hgmma_bytes = ((16 * 128 + 64 * 16) + 16 * 64) * 2 / 4
+    assert m.shared_bytes == 32 * 2 + 32 * 8 + 256 + hgmma_bytes
 
 
 def test_no_loop():
@@ -91,40 +96,11 @@ def test_no_loop():
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    """Two kernels compiled for sm_80 whose loops nvcc must keep: a float4 copy, and a loop of
-    2 ldmatrix.x4 feeding 4 mma.sync per iteration."""
-    source = r"""
-#include <cstdint>
-__global__ void stream_copy(const float4* __restrict__ x, float4* __restrict__ y, int n) {
-  #pragma unroll 1
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) y[i] = x[i];
-}
-__global__ void mma_loop(float* out, int iters) {
-  __shared__ __align__(16) uint16_t tile[2][512];
-  tile[threadIdx.x / 16][threadIdx.x % 16] = threadIdx.x;
-  __syncthreads();
-  float c[4][4] = {};
-  unsigned base = static_cast<unsigned>(__cvta_generic_to_shared(&tile[0][(threadIdx.x % 8) * 8]));
-  #pragma unroll 1
-  for (int it = 0; it < iters; ++it) {
-    unsigned a[4], b[4];
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3]) : "r"(base + 16 * (it & 1)));
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3]) : "r"(base + 1024 + 16 * (it & 1)));
-    #pragma unroll
-    for (int j = 0; j < 4; ++j)
-      asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                   "{%0,%1,%2,%3};"
-                   : "+f"(c[j][0]), "+f"(c[j][1]), "+f"(c[j][2]), "+f"(c[j][3])
-                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[j % 2 * 2]), "r"(b[j % 2 * 2 + 1]));
-  }
-  for (int j = 0; j < 4; ++j) out[threadIdx.x * 4 + j] = c[j][0] + c[j][1] + c[j][2] + c[j][3];
-}
-"""
+    """tests/kernels/toy_gemm_loop.cu compiled for sm_80: two kernels whose loops nvcc must keep,
+    a float4 copy and a loop of 2 ldmatrix.x4 feeding 4 mma.sync per iteration."""
+    source = pathlib.Path(__file__).parent / "kernels" / "toy_gemm_loop.cu"
     tmp = tmp_path_factory.mktemp("sass")
-    (tmp / "toy.cu").write_text(source)
-    subprocess.run([find_tool("nvcc"), "-cubin", "-O3", "-arch=sm_80", str(tmp / "toy.cu"), "-o", str(tmp / "toy.cubin")],
+    subprocess.run([find_tool("nvcc"), "-cubin", "-O3", "-arch=sm_80", str(source), "-o", str(tmp / "toy.cubin")],
                    check=True, capture_output=True)
     dump = subprocess.run([find_tool("cuobjdump"), "-sass", str(tmp / "toy.cubin")], check=True, capture_output=True,
                           text=True).stdout
@@ -138,7 +114,7 @@ def test_compiled_streaming_copy(compiled):
 
 
 def test_compiled_mma_loop(compiled):
-    (name,) = [n for n in compiled if "mma_loop" in n]
+    (name,) = [n for n in compiled if "toy_gemm_loop" in n]
     m = sass.main_loop(compiled[name])
     assert (m.hmma, m.ldsm, m.shared_bytes) == (4, 2, 1024)
     assert m.shared_bytes_per_mma == 256

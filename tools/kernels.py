@@ -13,6 +13,9 @@ tools/triton_configs.py records from the launchers) is compiled for sm_80 (A100)
                                 limits it (the CUDA occupancy calculator's arithmetic)
     tensor cores                HMMA (mma.sync) + HGMMA (wgmma) instructions in the SASS
     128-bit ld/st               LDG/LDGSTS/STG instructions with a .128 width in the SASS
+    main loop                   what one iteration of the kernel's main loop issues per warp
+                                (tools/sass.py): instructions, m16n8k16 equivalents, shared and
+                                global bytes, barriers; issue slots and shared bytes per HMMA
 
 CUDA: one `nvcc -fatbin -keep -Xptxas -v` per source with the real build's flags
 (nanogpt_kernels/_build_flags.py); ptxas's report gives registers, spills, stack and static shared
@@ -64,14 +67,18 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import NamedTuple, Sequence
 
+from benchmarks.gpus import GPUS
 from nanogpt_kernels._build_flags import NVCC_FLAGS, gencode_flags
-from tools import progress
+from nanogpt_kernels._limits import SHARED_BYTES_PER_BLOCK
+from tools import budgets, progress
+from tools import sass as sass_reader
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
@@ -97,8 +104,10 @@ class ArchLimits(NamedTuple):
 
 # An arch missing here cannot be checked, so it is refused.
 ARCH_LIMITS = {
-    "sm_80": ArchLimits("A100", 108, shared_per_sm=167936, shared_per_block=166912),  # 164 KB / 163 KB
-    "sm_90a": ArchLimits("H100 SXM", 132, shared_per_sm=233472, shared_per_block=232448),  # 228 KB / 227 KB
+    "sm_80": ArchLimits("A100", GPUS["A100-SXM-80GB"].sms, shared_per_sm=167936,  # 164 KB / 163 KB
+                        shared_per_block=SHARED_BYTES_PER_BLOCK["sm_80"]),
+    "sm_90a": ArchLimits("H100 SXM", GPUS["H100-SXM"].sms, shared_per_sm=233472,  # 228 KB / 227 KB
+                         shared_per_block=SHARED_BYTES_PER_BLOCK["sm_90a"]),
 }
 
 KINDS = ("gemm", "gemm-fp32", "memory", "other")
@@ -110,8 +119,11 @@ _MEMORY = re.compile(r"layer_?norm|normal_init", re.IGNORECASE)
 # Columns of the JSON rows and of the table, in order.
 COLUMNS = ("source", "file", "name", "arch", "kind", "registers", "spill_stores", "spill_loads", "stack_bytes",
            "shared_bytes", "threads", "blocks_per_sm", "occupancy", "occupancy_limiter", "tensor_core_instructions",
-           "hmma", "hgmma", "global_loads", "global_loads_128", "global_stores", "global_stores_128", "problems",
-           "notes")
+           "hmma", "hgmma", "global_loads", "global_loads_128", "global_stores", "global_stores_128",
+           "loop_instructions", "loop_mma_equivalents", "loop_shared_bytes", "loop_global_bytes", "loop_barriers",
+           "issue_per_mma", "shared_bytes_per_mma", "problems", "notes")
+# The main loop's figures, per iteration and warp (tools/sass.py's LoopMix fields after "loop_").
+LOOP_COLUMNS = ("loop_instructions", "loop_mma_equivalents", "loop_shared_bytes", "loop_global_bytes", "loop_barriers")
 
 
 @dataclass
@@ -137,6 +149,13 @@ class KernelResources:
     global_loads_128: int | None = None
     global_stores: int | None = None
     global_stores_128: int | None = None
+    loop_instructions: int | None = None
+    loop_mma_equivalents: float | None = None  # m16n8k16 equivalents
+    loop_shared_bytes: int | None = None
+    loop_global_bytes: int | None = None
+    loop_barriers: int | None = None
+    issue_per_mma: float | None = None  # derived: loop_instructions / loop_mma_equivalents
+    shared_bytes_per_mma: float | None = None
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -190,7 +209,9 @@ _FUNCTION = re.compile(r"^\s*Function : (\S+)\s*$", re.MULTILINE)
 
 def sass_counts(sass: str) -> dict[str, dict[str, int]]:
     """{function name: instruction counts} from `cuobjdump -sass` output: hmma, hgmma,
-    global_loads (LDG and LDGSTS), global_loads_128, global_stores (STG), global_stores_128."""
+    global_loads (LDG and LDGSTS), global_loads_128, global_stores (STG), global_stores_128, and
+    what one iteration of the main loop issues per warp (LOOP_COLUMNS, None without a loop;
+    tools/sass.py)."""
     out = {}
     starts = list(_FUNCTION.finditer(sass))
     for i, m in enumerate(starts):
@@ -210,6 +231,9 @@ def sass_counts(sass: str) -> dict[str, dict[str, int]]:
                 counts["global_loads"] += 1
                 counts["global_loads_128"] += wide
         out[m[1]] = counts
+    for name, instructions in sass_reader.functions(sass).items():
+        loop = sass_reader.main_loop(instructions)
+        out[name].update({k: getattr(loop, k[5:]) if loop else None for k in LOOP_COLUMNS})
     return out
 
 
@@ -254,6 +278,9 @@ def finish(r: KernelResources) -> KernelResources:
             r.problems.append(f"no block of {r.threads} threads fits an SM ({occ['limiter']})")
     elif r.registers is not None:
         r.notes.append("block size unknown (no __launch_bounds__): no occupancy")
+    if r.loop_mma_equivalents:
+        r.issue_per_mma = r.loop_instructions / r.loop_mma_equivalents
+        r.shared_bytes_per_mma = r.loop_shared_bytes / r.loop_mma_equivalents
     if r.hmma is not None:
         r.tensor_core_instructions = r.hmma + r.hgmma
         if r.kind == "gemm" and r.tensor_core_instructions == 0:
@@ -380,7 +407,7 @@ def default_cache_dir() -> Path:
 
 
 # Bump when what an entry holds, or how it is measured from the compiler's output, changes.
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 3
 
 
 class _Cache:
@@ -662,8 +689,8 @@ def _dump_cubins(tmp: str, cubins, cuobjdump: str) -> list[str]:
 
 def format_table(rows: Sequence[KernelResources]) -> str:
     header = ("source", "arch", "kernel", "kind", "regs", "spill st/ld", "stack", "smem", "threads", "occupancy",
-              "tensor cores", "128-bit ld/st", "problems")
-    numeric = {4, 5, 6, 7, 8, 9, 10, 11}
+              "tensor cores", "128-bit ld/st", "issue/HMMA", "smem B/HMMA", "problems")
+    numeric = {4, 5, 6, 7, 8, 9, 10, 11, 12, 13}
 
     def occ(r):
         if r.occupancy is None:
@@ -682,9 +709,13 @@ def format_table(rows: Sequence[KernelResources]) -> str:
     def text(v):
         return "-" if v is None else str(v)
 
+    def per_mma(v):
+        return "-" if v is None else f"{v:.1f}"
+
     table = [(r.source, r.arch, r.name, r.kind, text(r.registers),
               "-" if r.spill_stores is None else f"{r.spill_stores}/{r.spill_loads}", text(r.stack_bytes),
-              text(r.shared_bytes), text(r.threads), occ(r), tc(r), wide(r), "; ".join(r.problems) or "ok")
+              text(r.shared_bytes), text(r.threads), occ(r), tc(r), wide(r), per_mma(r.issue_per_mma),
+              per_mma(r.shared_bytes_per_mma), "; ".join(r.problems) or "ok")
              for r in rows]
     widths = [max(len(row[i]) for row in (header, *table)) for i in range(len(header))]
 
@@ -735,6 +766,11 @@ def main(argv=None) -> int:
     p.add_argument("--no-cuda", action="store_true", help="leave out the CUDA kernels")
     p.add_argument("--no-triton", action="store_true", help="leave out the Triton kernels")
     p.add_argument("--problems-only", action="store_true", help="print only the rows with problems")
+    p.add_argument("--budgets", default=str(budgets.DEFAULT_PATH), metavar="PATH",
+                   help="the budget file every tensor-core main loop is checked against (tools/budgets.py; "
+                        "default: %(default)s); a figure over its budget fails the run")
+    p.add_argument("--record-budgets", action="store_true",
+                   help="write the budget file afresh from this run's figures (each kernel's baseline and budget)")
     args = p.parse_args(argv)
     rows = report(cuda=not args.no_cuda, triton=not args.no_triton)
     shown = [r for r in rows if r.problems] if args.problems_only else rows
@@ -745,7 +781,17 @@ def main(argv=None) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(to_json(rows), f, indent=1)
-    return 1 if any(r.problems for r in rows) else 0
+    if args.record_budgets:
+        budgets.write(budgets.record(rows, time.strftime("%Y-%m-%d")), args.budgets)
+        print(f"budgets recorded in {args.budgets}")
+    over = budgets.check(rows, budgets.load(args.budgets))
+    if over:
+        print(f"\n{len(over)} budget(s) exceeded ({args.budgets}):\n" + "\n".join(over))
+    else:
+        missing = sum(bool(e["misses"]) for e in budgets.load(args.budgets)["kernels"].values())
+        print(f"budgets: every tensor-core main loop within its budget; {missing} still miss the targets "
+              f"{budgets.TARGETS}")
+    return 1 if over or any(r.problems for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -15,10 +15,13 @@ warp instruction (32 threads):
     LDS / STS / LDG / STG      4 B per thread unless .64 (8) / .128 (16) / .U16 .S16 (2) / .U8 .S8 (1)
     LDGSTS                     the same widths; counted as a global load and a shared store
 
+    HGMMA 64xNxK               a quarter (one warp's share) of its operands read from shared
+                               memory: B (K x N), and A (64 x K) unless A is in registers
+
 Derived, the figures the performance model reads: issue slots per HMMA (every instruction takes
 one issue slot of its warp scheduler), shared-memory bytes per HMMA (loads and stores, cp.async
-writes included), normalised to m16n8k16-equivalents (HMMA.1688 is half of one, an HGMMA
-64xNx16 is 4N/8 of them).
+writes and HGMMA operands included), normalised to m16n8k16-equivalents (HMMA.1688 is half of
+one; an HGMMA 64xNx16 is 4N/8 of them for its warpgroup, N/8 for each of its 4 warps).
 """
 from __future__ import annotations
 
@@ -79,12 +82,27 @@ def _ldsm_bytes(modifiers: str) -> int:
 
 
 def _hmma_equivalents(ins: Instruction) -> float:
+    """One warp's share of the instruction's product, in m16n8k16s. Each of the 4 warps of a
+    warpgroup issues an HGMMA 64xNxK, which computes a quarter of it: 16 rows."""
     if ins.opcode == "HMMA":
         return 0.5 if ins.modifiers.startswith(".1688") else 1.0
     if ins.opcode == "HGMMA" and (m := _HGMMA_SHAPE.search(ins.modifiers)):
         n, k = int(m[1]), int(m[2])
-        return 64 * n * k / (16 * 8 * 16)
+        return 16 * n * k / (16 * 8 * 16)
     return 0.0
+
+
+def _hgmma_shared_bytes(ins: Instruction) -> float:
+    """One warp's share of the shared memory an HGMMA reads without a load instruction: its B
+    operand (K x N) always, its A operand (64 x K) too unless A is in registers (`R..` before the
+    descriptor), 16-bit elements (32-bit for TF32)."""
+    m = _HGMMA_SHAPE.search(ins.modifiers)
+    if ins.opcode != "HGMMA" or not m:
+        return 0.0
+    n, k = int(m[1]), int(m[2])
+    size = 4 if ".TF32" in ins.modifiers else 2
+    a_in_registers = re.match(r"\s*R\d+\s*,\s*R\d+\s*,\s*gdesc", ins.operands) is not None
+    return (k * n + (0 if a_in_registers else 64 * k)) * size / 4
 
 
 @dataclass
@@ -102,7 +120,7 @@ class LoopMix:
     ldgsts: int = 0
     ldg: int = 0
     stg: int = 0
-    shared_bytes: int = 0  # read and written, cp.async writes included
+    shared_bytes: float = 0  # read and written: cp.async writes and HGMMA operands included
     global_bytes: int = 0  # loaded and stored, cp.async reads included
     mufu: int = 0
     barriers: int = 0  # BAR (block-wide)
@@ -131,6 +149,7 @@ def mix(instructions: list[Instruction], start: int, end: int) -> LoopMix:
             m.hmma += 1
         elif op == "HGMMA":
             m.hgmma += 1
+            m.shared_bytes += _hgmma_shared_bytes(ins)
         elif op == "LDSM":
             m.ldsm += 1
             m.shared_bytes += _ldsm_bytes(mods)
