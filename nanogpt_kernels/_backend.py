@@ -20,6 +20,7 @@ from nanogpt_kernels._build_flags import SUPPORTED_TRITON
 
 BACKENDS = ("eager", "triton", "cuda")
 ENV_VAR = "NANOGPT_KERNELS_BACKEND"
+UNSUPPORTED_TRITON_VAR = "NANOGPT_KERNELS_UNSUPPORTED_TRITON"
 
 
 class BackendUnavailableError(RuntimeError):
@@ -102,9 +103,12 @@ def _triton_problem(device_type: str) -> str | None:
     if not triton_installed():
         return "Triton is not installed; `pip install triton` (it comes with CUDA builds of torch)."
     version = triton_version()
-    if ".".join(version.split(".")[:2]) != SUPPORTED_TRITON:
+    # The override is for trying another version on purpose (a GPU image whose Triton cannot be
+    # replaced, say); `check` then says whether our kernels still agree with eager there.
+    if ".".join(version.split(".")[:2]) != SUPPORTED_TRITON and not os.environ.get(UNSUPPORTED_TRITON_VAR):
         return (f"Triton {version} is installed, and nanogpt_kernels' Triton kernels support Triton "
-                f"{SUPPORTED_TRITON}.x only; `pip install 'triton~={SUPPORTED_TRITON}.0'`.")
+                f"{SUPPORTED_TRITON}.x only; `pip install 'triton~={SUPPORTED_TRITON}.0'` (or set "
+                f"{UNSUPPORTED_TRITON_VAR}=1 to try this one anyway).")
     if device_type == "cpu" and importlib.util.find_spec("numpy") is None:
         return "Triton's interpreter, which runs our Triton kernels on CPU tensors, needs numpy; `pip install numpy`."
     return None

@@ -76,6 +76,8 @@ def test_unsupported_triton_says_which(monkeypatch):
     with pytest.raises(nk.BackendUnavailableError, match=r"Triton 3\.9\.1 is installed, .* support Triton 3\.8\.x only"):
         _backend.resolve_backend("triton", torch.device("cpu"))
     assert "triton" not in nk.available_backends("cpu")
+    monkeypatch.setenv(_backend.UNSUPPORTED_TRITON_VAR, "1")
+    assert "triton" in nk.available_backends("cpu")
 
 
 def test_unknown_backend():
