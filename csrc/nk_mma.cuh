@@ -121,6 +121,16 @@ NK_HARNESS_UNCHECKED inline void ldmatrix(uint32_t* r, const void* row_addr) {
   }
   Row rows[kWarpSize];
   warp_gather(0xffffffffu, mine, rows);
+  if (instruments().banks) {
+    uintptr_t addresses[kWarpSize];
+    warp_gather(0xffffffffu, lane < 8 * N ? reinterpret_cast<uintptr_t>(row_addr) : uintptr_t(0), addresses);
+    if (lane == 0) {
+      Bookkeeping bk;
+      const unsigned rows_read = N == 4 ? 0xffffffffu : (1u << (8 * N)) - 1u;
+      count_shared_request(current_block()->info->name, Trans ? "ldmatrix.trans" : "ldmatrix",
+                           wavefronts(addresses, rows_read, 16));
+    }
+  }
   const int g = lane / 4, c = 2 * (lane % 4);
   for (int j = 0; j < N; ++j) {
     const Row* m = &rows[8 * j];

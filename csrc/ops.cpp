@@ -26,6 +26,7 @@
 #endif
 
 #include "attention.h"
+#include "harness/instruments.h"
 #include "layernorm.h"
 #include "mlp.h"
 #include "nk_limits.h"
@@ -463,11 +464,40 @@ TORCH_LIBRARY_IMPL(nanogpt_kernels, CUDA, m) {
 }
 #endif
 
+// The CPU harness's instruments, for the performance model (tools/perf.py): which launches
+// the kernels of a call make, and the bank conflicts of their shared-memory requests.
+static PyObject* harness_instruments(PyObject*, PyObject* args, PyObject* kwargs) {
+  static const char* names[] = {"launches", "dry_run", "banks", "sample_blocks", nullptr};
+  int launches = 0, dry_run = 0, banks = 0;
+  unsigned sample_blocks = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|pppI:harness_instruments", const_cast<char**>(names), &launches,
+                                   &dry_run, &banks, &sample_blocks))
+    return nullptr;
+  nk_instruments::configure(launches, dry_run, banks, sample_blocks);
+  Py_RETURN_NONE;
+}
+
+static PyObject* harness_records(PyObject*, PyObject*) {
+  const std::string json = nk_instruments::records_json();
+  return PyUnicode_FromStringAndSize(json.data(), (Py_ssize_t)json.size());
+}
+
+static PyMethodDef methods[] = {
+    {"harness_instruments", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(harness_instruments)),
+     METH_VARARGS | METH_KEYWORDS,
+     "harness_instruments(launches=False, dry_run=False, banks=False, sample_blocks=0): on CPU tensors, from now "
+     "on record each launch's configuration, skip running the kernels (dry_run), count shared-memory wavefronts "
+     "(banks), run only the first sample_blocks blocks of each launch (0: all); clears the records"},
+    {"harness_records", harness_records, METH_NOARGS,
+     "harness_records() -> str: the JSON of the launches and shared-memory requests recorded since "
+     "harness_instruments()"},
+    {nullptr, nullptr, 0, nullptr}};
+
 // `import nanogpt_kernels._C` loads this library, which registers the ops above. Its
 // attributes are the build's CUDA flag and the kernels' limits, which tests/test_limits.py
-// compares with nanogpt_kernels/_limits.py.
+// compares with nanogpt_kernels/_limits.py, and the harness's instruments.
 extern "C" PyObject* PyInit__C(void) {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   PyObject* m = PyModule_Create(&module);
   if (m == nullptr) return nullptr;
 #ifdef NK_WITH_CUDA

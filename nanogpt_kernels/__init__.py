@@ -11,8 +11,7 @@ from nanogpt_kernels.init_gpt import Constant, InitReport, Normal, init_gpt_
 from nanogpt_kernels.ops.normal_init import normal_init_
 from nanogpt_kernels.model import GPT, GPTConfig
 from nanogpt_kernels.fuse import FuseReport, fuse, unfuse
-
-__version__ = "0.1.0"
+from nanogpt_kernels._version import __version__
 
 __all__ = ["BACKENDS", "BackendUnavailableError", "available_backends", "layer_norm", "add_layer_norm", "causal_attention", "gelu_mlp",
            "normal_init_", "init_gpt_", "Normal", "Constant", "InitReport", "nn", "GPTConfig", "GPT",

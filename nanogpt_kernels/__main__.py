@@ -1,104 +1,30 @@
-"""Command line: `python -m nanogpt_kernels check | demo` (the developer tools `bench` and
-`kernels` run from the source checkout: `python -m tools bench | kernels`).
+"""Command line: `python -m nanogpt_kernels check | tune | demo` (the developer tools `bench`
+and `kernels` run from the source checkout: `python -m tools bench | kernels`).
 
 check: runs every op on every backend this install can run on the current device (a GPU if
 torch sees one, else the CPU, where "triton" is Triton's interpreter and "cuda" is our CUDA
 source on the CPU harness), compares outputs and gradients with eager PyTorch against a
 float64 reference (normal_init_: bit for bit against the eager generator), prints a table and
-exits non-zero if anything fails. It is the post-install check on a user's GPU.
+exits non-zero if anything fails. It is the post-install check on a user's GPU. It ends with
+what backend=None resolves to for each op on that device, and why.
+
+tune: times every backend of every op on the user's GPU at a GPT's shapes and makes the fastest
+one that agrees with eager the op's default there (see nanogpt_kernels/tune.py).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 import nanogpt_kernels as nk
-from nanogpt_kernels.testing import max_error, tolerance
+from nanogpt_kernels import _backend, tune
+from nanogpt_kernels._cases import CASES, Shape, differing_bits, worst_error
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def _layer_norm_case(rows, hidden, device, gen):
-    x = (torch.randn(rows, hidden, generator=gen) * 2 + 0.5).to(device)
-    w = (1 + 0.5 * torch.randn(hidden, generator=gen)).to(device)
-    b = torch.randn(hidden, generator=gen).to(device)
-    dy = torch.randn(rows, hidden, generator=gen).to(device)
-
-    def run(fn, dt):
-        leaves = [t.detach().to(dt).requires_grad_() for t in (x, w, b)]
-        y = fn(*leaves)
-        y.backward(dy.to(dt))
-        return {"y": y, "dx": leaves[0].grad, "dweight": leaves[1].grad, "dbias": leaves[2].grad}
-
-    return run, lambda backend: (lambda x, w, b: nk.layer_norm(x, w, b, backend=backend)), \
-        lambda x, w, b: F.layer_norm(x, (hidden,), w, b)
-
-
-def _add_layer_norm_case(rows, hidden, device, gen):
-    x, r = (torch.randn(2, rows, hidden, generator=gen) * 2).to(device)
-    w = (1 + 0.5 * torch.randn(hidden, generator=gen)).to(device)
-    b = torch.randn(hidden, generator=gen).to(device)
-    ds, dy = torch.randn(2, rows, hidden, generator=gen).to(device)
-
-    def run(fn, dt):
-        leaves = [t.detach().to(dt).requires_grad_() for t in (x, r, w, b)]
-        s, y = fn(*leaves)
-        torch.autograd.backward([s, y], [ds.to(dt), dy.to(dt)])
-        return {"s": s, "y": y, "dx": leaves[0].grad, "dresidual": leaves[1].grad, "dweight": leaves[2].grad,
-                "dbias": leaves[3].grad}
-
-    def eager(x, r, w, b):
-        s = x + r
-        return s, F.layer_norm(s, (hidden,), w, b)
-
-    return run, lambda backend: (lambda x, r, w, b: nk.add_layer_norm(x, r, w, b, backend=backend)), eager
-
-
-def _attention_case(rows, hidden, device, gen):
-    # nanoGPT's layout: head_dim 64, hidden // 64 heads, `rows` tokens as sequences of <= 1024.
-    head_dim = 64
-    n_head, T = max(1, hidden // head_dim), min(rows, 1024)
-    B = max(1, rows // T)
-    qkv = torch.randn(B, T, 3 * n_head * head_dim, generator=gen).to(device)
-    dout = torch.randn(B, n_head, T, head_dim, generator=gen).to(device)
-
-    def run(fn, dt):
-        leaf = qkv.detach().to(dt).requires_grad_()
-        q, k, v = (t.view(B, T, n_head, head_dim).transpose(1, 2) for t in leaf.split(n_head * head_dim, dim=2))
-        out = fn(q, k, v)
-        out.backward(dout.to(dt))
-        return {"out": out, "dqkv": leaf.grad}
-
-    return run, lambda backend: (lambda q, k, v: nk.causal_attention(q, k, v, backend=backend)), \
-        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)
-
-
-def _gelu_mlp_case(rows, hidden, device, gen):
-    from nanogpt_kernels.ops.mlp import gelu_mlp_eager
-
-    x = torch.randn(rows, hidden, generator=gen).to(device)
-    w1 = (torch.randn(4 * hidden, hidden, generator=gen) / hidden ** 0.5).to(device)
-    b1 = (0.5 * torch.randn(4 * hidden, generator=gen)).to(device)
-    w2 = (torch.randn(hidden, 4 * hidden, generator=gen) / (4 * hidden) ** 0.5).to(device)
-    b2 = (0.5 * torch.randn(hidden, generator=gen)).to(device)
-    dy = torch.randn(rows, hidden, generator=gen).to(device)
-
-    def run(fn, dt):
-        leaves = [t.detach().to(dt).requires_grad_() for t in (x, w1, b1, w2, b2)]
-        y = fn(*leaves)
-        y.backward(dy.to(dt))
-        return {"y": y, **{n: t.grad for n, t in zip(("dx", "dfc_w", "dfc_b", "dproj_w", "dproj_b"), leaves)}}
-
-    return run, lambda backend: (lambda *a: nk.gelu_mlp(*a, backend=backend)), gelu_mlp_eager
-
-
-OPS = {"layer_norm": _layer_norm_case, "add_layer_norm": _add_layer_norm_case, "causal_attention": _attention_case,
-       "gelu_mlp": _gelu_mlp_case}
-FORWARD_OUTPUTS = {"y", "s", "out"}
 
 
 def check(device: torch.device, rows: int, hidden: int) -> bool:
@@ -110,35 +36,43 @@ def check(device: torch.device, rows: int, hidden: int) -> bool:
     print(header)
     print("-" * len(header))
     ok = True
-    for op, make_case in OPS.items():
+    shape = Shape.of_rows(rows, hidden)
+    for op, make_case in CASES.items():
         for dtype in DTYPES:
             gen = torch.Generator().manual_seed(0)
-            run, ours_for, eager_fn = make_case(rows, hidden, device, gen)
-            ref, eager = run(eager_fn, torch.float64), run(eager_fn, dtype)
+            case = make_case(shape, device, gen)
+            ref, eager = case.run(case.eager, torch.float64), case.run(case.eager, dtype)
             for backend in backends:
                 start = time.perf_counter()
                 try:
-                    ours = run(ours_for(backend), dtype)
+                    ours = case.run(case.ours(backend), dtype)
                 except Exception as e:  # a failing backend is a row of the table, not a crash
                     print(f"{op:<18}{backend:<9}{str(dtype).removeprefix('torch.'):<10}{'-':<10}{'-':>11}{'-':>11}  "
                           f"FAIL ({type(e).__name__}: {e})")
                     ok = False
                     continue
-                worst = None
-                for name in ours:
-                    err = max_error(ours[name], ref[name])
-                    tol = tolerance(eager[name], ref[name], dtype, backward=name not in FORWARD_OUTPUTS)
-                    ratio = err / tol if tol > 0 else (0.0 if err == 0 else float("inf"))
-                    if worst is None or ratio > worst[0]:
-                        worst = (ratio, name, err, tol)
-                _, name, err, tol = worst
+                name, err, tol = worst_error(ours, eager, ref, dtype)
                 passed = err <= tol
                 ok &= passed
                 print(f"{op:<18}{backend:<9}{str(dtype).removeprefix('torch.'):<10}{name:<10}{err:>11.3g}{tol:>11.3g}  "
                       f"{'pass' if passed else 'FAIL'} ({time.perf_counter() - start:.2f}s)")
     ok &= check_normal_init(device, backends)
     print("all checks passed" if ok else "SOME CHECKS FAILED")
+    print_defaults(device)
     return ok
+
+
+def print_defaults(device: torch.device) -> None:
+    """What backend=None resolves to for each op on `device`, and why."""
+    print(f"\nbackend=None on {device} tensors:")
+    for op in tune.OPS:
+        # normal_init_ decides CPU tensors itself, before resolve_backend (see its docstring).
+        if op == "normal_init_" and device.type == "cpu" and os.environ.get(_backend.ENV_VAR) is None \
+                and _backend.extension_error() is None:
+            backend, why = "c++ cpu", "CPU tensors: our multithreaded C++ generator, eager's bits"
+        else:
+            backend, why = _backend.explain_default(op, device)
+        print(f"  {op:<18}{backend:<9}{why}")
 
 
 def check_normal_init(device: torch.device, backends) -> bool:
@@ -158,9 +92,7 @@ def check_normal_init(device: torch.device, backends) -> bool:
             start = time.perf_counter()
             nk.normal_init_(tensors, [0.02] * 4, means=[0.5] * 4, stream_ids=streams, offsets=offsets, seed=1,
                             backend=backend)
-            wrong = sum(int((t.view(torch.int16 if t.element_size() == 2 else torch.int32)
-                             != w.view(torch.int16 if w.element_size() == 2 else torch.int32)).sum())
-                        for t, w in zip(tensors, want))
+            wrong = sum(differing_bits(t, w) for t, w in zip(tensors, want))
             ok &= wrong == 0
             name = backend or "c++ cpu"
             print(f"{'normal_init_':<18}{name:<9}{str(dtype).removeprefix('torch.'):<10}{'bits':<10}{wrong:>11}"
@@ -185,6 +117,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--rows", type=int, default=None, help="rows (default 4096 on a GPU, 64 on the CPU)")
     p.add_argument("--hidden", type=int, default=768, help="hidden size (default 768, GPT-2 small)")
+    t = sub.add_parser("tune", help="time every backend on this GPU and make the fastest correct one each op's default",
+                       description=tune.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tune.add_arguments(t)
     from nanogpt_kernels import demo
 
     d = sub.add_parser("demo", help="train a GPT with eager PyTorch and with our kernels; compare losses and speed",
@@ -193,6 +128,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command == "demo":
         return demo.run(args)
+    if args.command == "tune":
+        return tune.run(args)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rows = args.rows or (4096 if device.type == "cuda" else 64)
     return 0 if check(device, rows, args.hidden) else 1

@@ -12,11 +12,15 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import importlib.util
+import json
 import os
+import pathlib
+import warnings
 
 import torch
 
 from nanogpt_kernels._build_flags import SUPPORTED_TRITON
+from nanogpt_kernels._version import __version__
 
 BACKENDS = ("eager", "triton", "cuda")
 ENV_VAR = "NANOGPT_KERNELS_BACKEND"
@@ -150,23 +154,152 @@ def available_backends(device: str | torch.device | None = None) -> list[str]:
     return [b for b in BACKENDS if _why_unavailable(b, device) is None]
 
 
+# ------------------------------------------------------------------------------------------
+# The tuned table: `python -m nanogpt_kernels tune` measures every backend on the user's GPU and
+# records, per GPU name and op, the fastest one that agreed with eager. backend=None follows it
+# on CUDA tensors.
+
+TUNE_TABLE_VAR = "NANOGPT_KERNELS_TUNE_TABLE"
+TUNE_FORMAT = 1
+# Fallback order on CUDA tensors when nothing was tuned: ours first, since they were written to
+# beat eager at nanoGPT's shapes.
+_UNTUNED_ORDER = ("cuda", "triton", "eager")
+
+
+def tune_table_path() -> pathlib.Path:
+    """Where `tune` writes the table and backend=None reads it: $NANOGPT_KERNELS_TUNE_TABLE, else
+    nanogpt_kernels/tuned.json in the user's cache directory ($XDG_CACHE_HOME or ~/.cache)."""
+    path = os.environ.get(TUNE_TABLE_VAR)
+    if path:
+        return pathlib.Path(path).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(cache) / "nanogpt_kernels" / "tuned.json"
+
+
+@functools.lru_cache(maxsize=None)
+def tuned_table() -> tuple[dict, str | None]:
+    """(the table's GPU entries by name, None), or ({}, why there are none). Read once per
+    process (reset_tuned_table() forgets it); a table that cannot be used warns once, because
+    someone ran `tune` and expects it to count."""
+    path = tune_table_path()
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}, f"no tuned table at {path}"
+    except OSError as e:
+        return _unusable(path, f"cannot be read ({e})")
+    try:
+        table = json.loads(text)
+    except ValueError as e:
+        return _unusable(path, f"is not JSON ({e})")
+    if not isinstance(table, dict) or table.get("format") != TUNE_FORMAT or not isinstance(table.get("gpus"), dict):
+        return _unusable(path, f"is not a format-{TUNE_FORMAT} table of `python -m nanogpt_kernels tune`")
+    return table["gpus"], None
+
+
+def _unusable(path, why: str) -> tuple[dict, str]:
+    reason = f"tuned table {path} {why}"
+    warnings.warn(f"{reason}; backend=None ignores it (rerun `python -m nanogpt_kernels tune`)", stacklevel=3)
+    return {}, reason
+
+
+def reset_tuned_table() -> None:
+    """Forget the table read so far: the next backend=None call reads it again."""
+    tuned_table.cache_clear()
+    _tuned_entry.cache_clear()
+
+
+def gpu_name(device: torch.device) -> str | None:
+    """The name the tuned table keys a CUDA device's entry by; None when torch sees no GPU."""
+    return torch.cuda.get_device_name(device) if torch.cuda.is_available() else None
+
+
+@functools.lru_cache(maxsize=None)
+def _tuned_entry(op: str, gpu: str) -> tuple[str | None, str]:
+    """(the backend the table chose for `op` on the GPU named `gpu`, or None, and why). Cached:
+    backend=None looks it up on every call."""
+    entries, why = tuned_table()
+    if why is not None:
+        return None, why
+    entry = entries.get(gpu)
+    if not isinstance(entry, dict):
+        return None, f"no tuned entry for {gpu} in {tune_table_path()}"
+    # Kernels and eager PyTorch both change between releases: a measurement of others is stale.
+    tuned_with = (entry.get("nanogpt_kernels"), entry.get("torch"))
+    if tuned_with != (__version__, torch.__version__):
+        return None, (f"the tuned entry for {gpu} is from nanogpt_kernels {tuned_with[0]} with torch "
+                      f"{tuned_with[1]}, this is {__version__} with {torch.__version__}; rerun "
+                      "`python -m nanogpt_kernels tune`")
+    result = entry.get("ops", {}).get(op) if isinstance(entry.get("ops"), dict) else None
+    choice = result.get("choice") if isinstance(result, dict) else None
+    if choice not in BACKENDS:
+        return None, f"{op} has no tuned choice for {gpu}"
+    measured = result.get("backends") if isinstance(result.get("backends"), dict) else {}
+
+    def outcome(backend):
+        record = measured.get(backend) if isinstance(measured.get(backend), dict) else {}
+        ms = record.get("ms")
+        return f"{backend} {ms:.3g} ms" if isinstance(ms, (int, float)) else f"{backend} {record.get('verdict', '?')}"
+
+    others = ", ".join(outcome(b) for b in BACKENDS if b != choice and b in measured)
+    return choice, (f"tuned on {gpu} {str(entry.get('tuned_at', ''))[:10]}: {outcome(choice)}"
+                    f"{' vs ' + others if others else ''}")
+
+
+def _tuned_choice(op: str, device: torch.device) -> tuple[str | None, str]:
+    """(the tuned backend for `op` on this GPU if it can run here, else None, and why)."""
+    gpu = gpu_name(device)
+    if gpu is None:
+        return None, "no CUDA GPU is visible to torch"
+    choice, why = _tuned_entry(op, gpu)
+    if choice is not None:
+        unavailable = _why_unavailable(choice, device)
+        if unavailable is not None:
+            return None, f"{op}'s tuned choice {choice!r} is not available ({unavailable})"
+    return choice, why
+
+
+def _env_backend() -> str | None:
+    env = os.environ.get(ENV_VAR) or None
+    if env is not None and env not in BACKENDS:
+        raise ValueError(f"${ENV_VAR} must be one of {BACKENDS}, got {env!r}")
+    return env
+
+
+def _default_backend(op: str | None, device: torch.device) -> tuple[str, str]:
+    """What backend=None means for `op` on `device` when $NANOGPT_KERNELS_BACKEND is unset, and why."""
+    if device.type != "cuda":
+        return "eager", f"{device.type.upper()} tensors: eager"
+    choice, why = _tuned_choice(op, device) if op is not None else (None, "the caller named no op")
+    if choice is not None:
+        return choice, why
+    for candidate in _UNTUNED_ORDER:
+        if _why_unavailable(candidate, device) is None:
+            return candidate, f"{why}: first available of {', '.join(_UNTUNED_ORDER)}"
+
+
+def explain_default(op: str, device: str | torch.device) -> tuple[str, str]:
+    """(the backend that backend=None resolves to for `op` on `device`, a sentence saying why):
+    $NANOGPT_KERNELS_BACKEND, else on CUDA tensors the tuned table's choice for this GPU, else
+    the first available of cuda, triton, eager; on other tensors eager."""
+    device = torch.device(device)
+    env = _env_backend()
+    if env is None:
+        return _default_backend(op, device)
+    why = _why_unavailable(env, device)
+    return env, f"${ENV_VAR}={env}" + (f", which cannot run here, so calls raise: {why}" if why else "")
+
+
 # Under torch.compile the choice is made once, while tracing, and baked into the graph (its
-# lookups, the extension import included, are not traceable and need not be).
+# lookups, the extension import and the tuned table included, are not traceable and need not be).
 @torch.compiler.assume_constant_result
-def resolve_backend(backend: str | None, device: torch.device) -> str:
-    """The backend one call runs on: explicit argument, then $NANOGPT_KERNELS_BACKEND, then the
-    best available (cuda > triton > eager on CUDA tensors; eager on CPU tensors)."""
+def resolve_backend(backend: str | None, device: torch.device, op: str | None = None) -> str:
+    """The backend one call of `op` runs on: the explicit argument, else what backend=None means
+    (see explain_default; without `op` the tuned table is not consulted)."""
     if backend is None:
-        backend = os.environ.get(ENV_VAR) or None
-        if backend is not None and backend not in BACKENDS:
-            raise ValueError(f"${ENV_VAR} must be one of {BACKENDS}, got {backend!r}")
-    if backend is None:
-        if device.type != "cuda":
-            return "eager"
-        for candidate in ("cuda", "triton"):
-            if _why_unavailable(candidate, device) is None:
-                return candidate
-        return "eager"
+        backend = _env_backend()
+        if backend is None:
+            return _default_backend(op, device)[0]
     why = _why_unavailable(backend, device)
     if why is not None:
         raise BackendUnavailableError(f"backend {backend!r} is not available for {device} tensors: {why}")

@@ -19,7 +19,16 @@ def assert_every_check_passed(out):
 
 def test_check_command_passes(capsys):
     assert main(["check", "--rows", "5", "--hidden", "48"]) == 0
-    assert_every_check_passed(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    assert_every_check_passed(out)
+    # It ends saying what backend=None means for each op here (tests/test_tune.py: on a GPU).
+    assert out.endswith("\nbackend=None on cpu tensors:\n"
+                        f"  {'layer_norm':<18}{'eager':<9}CPU tensors: eager\n"
+                        f"  {'add_layer_norm':<18}{'eager':<9}CPU tensors: eager\n"
+                        f"  {'causal_attention':<18}{'eager':<9}CPU tensors: eager\n"
+                        f"  {'gelu_mlp':<18}{'eager':<9}CPU tensors: eager\n"
+                        f"  {'normal_init_':<18}{'c++ cpu':<9}CPU tensors: our multithreaded C++ generator, "
+                        "eager's bits\n"), out[-600:]
 
 
 def test_developer_tools_are_not_in_the_package():

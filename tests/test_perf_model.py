@@ -73,3 +73,17 @@ def test_memory_bound_with_a_partial_wave():
 
 def test_a_launch_that_fits_nowhere_never_finishes():
     assert math.isinf(perf.predict(perf.Launch(bytes_moved=1.0, ctas=10, ctas_per_sm=0), A100).seconds)
+
+
+def test_too_few_bytes_in_flight_is_latency_bound():
+    """32 CTAs with 12 KB of loads in flight each (the LayerNorm backward's grid): 384 KB over
+    700 ns is 0.55 TB/s, a quarter of an A100's DRAM; with 64 KB each, the DRAM bounds again and
+    the time is not divided by the wave efficiency a second time."""
+    nbytes = 75e6
+    few = perf.predict(perf.Launch(bytes_moved=nbytes, ideal_bytes=nbytes, ctas=32, ctas_per_sm=4,
+                                   in_flight_per_cta=12 * 1024), A100)
+    assert few.limiter == "latency"
+    assert few.seconds == pytest.approx(nbytes / (32 * 12 * 1024 / 700e-9))
+    many = perf.predict(perf.Launch(bytes_moved=nbytes, ideal_bytes=nbytes, ctas=3072, ctas_per_sm=4,
+                                    in_flight_per_cta=64 * 1024), A100)
+    assert many.limiter == "dram" and many.seconds == pytest.approx(nbytes / 2.039e12)

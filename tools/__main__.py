@@ -1,4 +1,4 @@
-"""Contributor tools, run from the source checkout: `python -m tools bench | kernels`."""
+"""Contributor tools, run from the source checkout: `python -m tools bench | kernels | predict`."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +11,9 @@ COMMANDS = {
     "kernels": ("tools.kernels", "compile every kernel for sm_80/sm_90a and report registers, spills, shared "
                                  "memory, occupancy, tensor cores; compiles are cached "
                                  "($NANOGPT_KERNELS_TOOLS_CACHE, default ~/.cache/nanogpt_kernels/tools)"),
+    "predict": ("tools.predict", "predict each op's and a GPT-2 training step's time on A100/H100/H200 from the "
+                                 "kernel report and the launches at GPT-2's shapes, against eager PyTorch; "
+                                 "check the launch, call and op budgets"),
 }
 
 

@@ -782,7 +782,8 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump(to_json(rows), f, indent=1)
     if args.record_budgets:
-        budgets.write(budgets.record(rows, time.strftime("%Y-%m-%d")), args.budgets)
+        previous = budgets.load(args.budgets) if Path(args.budgets).exists() else None
+        budgets.write(budgets.record(rows, time.strftime("%Y-%m-%d"), previous), args.budgets)
         print(f"budgets recorded in {args.budgets}")
     over = budgets.check(rows, budgets.load(args.budgets))
     if over:

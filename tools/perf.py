@@ -19,7 +19,10 @@ HMMA; H100 (1 clock): 4 slots and 128 bytes.
 Memory-bound kernels hide DRAM latency only with enough bytes in flight: Little's law asks for
 bandwidth x latency / SMs per SM (DRAM_LATENCY_S below, a loaded-latency figure of ~600-800 ns
 on both parts from the Ampere and Hopper microbenchmark papers, Jia et al. 2021 and Luo et al.
-2024); a kernel with less is latency-bound, which this model reports rather than predicts.
+2024). A launch that says how many bytes each CTA keeps in flight gets at most
+(resident CTAs x bytes in flight) / latency of bandwidth, and is "latency"-bound when that is
+less than the DRAM's: a grid of 32 CTAs cannot stream at the bandwidth of 108 SMs. Its DRAM time
+is then not divided by the wave efficiency again (the resident CTAs already count the idle SMs).
 """
 from __future__ import annotations
 
@@ -57,12 +60,13 @@ class Launch:
     ctas_per_sm: int = 1
     issue_per_mma: float | None = None  # from the main loop's SASS
     shared_bytes_per_mma: float | None = None
+    in_flight_per_cta: float | None = None  # bytes of global loads one CTA keeps outstanding
 
 
 @dataclass
 class Prediction:
     seconds: float
-    limiter: str  # "tensor", "issue", "shared", "dram" or "none"
+    limiter: str  # "tensor", "issue", "shared", "dram", "latency" or "none"
     bounds: dict  # resource -> seconds, before the wave efficiency
     wave_efficiency: float
     roofline_seconds: float
@@ -81,8 +85,15 @@ def predict(launch: Launch, gpu: GPU) -> Prediction:
         "shared": mmas * (launch.shared_bytes_per_mma or 0.0) / (sms * SHARED_BYTES_PER_CLOCK * clock),
         "dram": launch.bytes_moved / gpu.dram_bandwidth,
     }
-    limiter = max(bounds, key=bounds.get)
     efficiency = wave_efficiency(launch.ctas, sms, launch.ctas_per_sm)
-    seconds = bounds[limiter] / efficiency if efficiency else math.inf
+    scaled = {k: v / efficiency if efficiency else math.inf for k, v in bounds.items()}
+    if launch.in_flight_per_cta and launch.bytes_moved:
+        resident = min(launch.ctas, sms * launch.ctas_per_sm)
+        bandwidth = min(gpu.dram_bandwidth, resident * launch.in_flight_per_cta / DRAM_LATENCY_S)
+        scaled["dram"] = launch.bytes_moved / bandwidth
+        if bandwidth < gpu.dram_bandwidth:
+            bounds["latency"], scaled["latency"] = scaled["dram"], scaled.pop("dram")
+    limiter = max(scaled, key=scaled.get)
+    seconds = scaled[limiter]
     roofline = max(launch.flops / gpu.tensor_flops, launch.ideal_bytes / gpu.dram_bandwidth)
     return Prediction(seconds, limiter if bounds[limiter] else "none", bounds, efficiency, roofline)

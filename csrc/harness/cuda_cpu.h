@@ -60,6 +60,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -543,6 +544,7 @@ struct Fiber {
   unsigned wait_gen = 0;
   std::vector<PendingCopy> copies;
   unsigned groups_committed = 0;
+  unsigned async_copies_issued = 0;  // the index of this thread's next cp.async in its warp's requests
 #ifdef NK_HARNESS_ASAN
   void* fake_stack = nullptr;
 #endif
@@ -559,6 +561,11 @@ struct Warp {
   unsigned mask = 0;
   unsigned vote = 0;       // ballot bits gathered in the current generation
   unsigned lanes = 0;      // bit i set when lane i exists in this warp
+  // With the bank counter on: the shared addresses of the warp's cp.async requests so far, the
+  // k-th copy of each lane forming request k (our loaders issue their copies unconditionally,
+  // zero-filling instead of skipping, so the lanes' k-th copies are one instruction).
+  std::vector<std::array<uintptr_t, kWarpSize>> async_requests;
+  std::vector<unsigned> async_request_lanes;
 };
 
 // TSan sync objects of one block, allocated per block so that no clock carries over from
@@ -670,6 +677,78 @@ inline void wait_for(const unsigned* gen, unsigned seen) {
   to_scheduler(false);
 }
 
+// ---- instruments: launch configurations and shared-memory bank conflicts -----------------
+// What the performance model (tools/perf.py) reads from runs of the real kernels, off unless
+// a caller turns it on (nk_instruments::configure in instruments.h): each launch's grid, block
+// and shared memory, optionally without running it (a dry run at the shapes users train at,
+// which the CPU could not execute in reasonable time), and the wavefronts of the shared-memory
+// requests the harness sees: ldmatrix and cp.async. Plain loads and stores of __shared__
+// arrays are ordinary C++ here and are not counted.
+
+struct LaunchRecord {
+  std::string kernel;
+  dim3 grid, block;
+  size_t dynamic_smem = 0, static_smem = 0;
+};
+
+struct SharedRequests {
+  uint64_t requests = 0, wavefronts = 0, ideal = 0;
+};
+
+struct Instruments {
+  bool launches = false;  // record every launch's configuration
+  bool dry_run = false;   // record launches and do not run them
+  bool banks = false;     // count the wavefronts of ldmatrix and cp.async requests
+  // Run only the first this many blocks of each launch (0: all): a sample of the CTAs of a
+  // launch at a real shape, enough for the bank counter, in seconds instead of hours.
+  unsigned sample_blocks = 0;
+  std::vector<LaunchRecord> launch_log;
+  std::map<std::pair<std::string, std::string>, SharedRequests> shared;  // (kernel, instruction)
+};
+
+inline Instruments& instruments() {
+  static Instruments i;
+  return i;
+}
+
+struct Wavefronts {
+  unsigned actual = 0, ideal = 0;
+};
+
+// Shared memory serves a warp's request in wavefronts: each reads or writes one 4-byte word in
+// each of its 32 banks (word address mod 32), 128 bytes at most. The request is first split
+// into phases, a quarter-warp for 16-byte accesses (8 lanes x 16 bytes = 128), a half-warp for
+// 8-byte ones, the whole warp otherwise; a phase takes as many wavefronts as the most distinct
+// words one bank must deliver (lanes reading the same word share it). The ideal is one per
+// phase with an active lane, so actual / ideal is the conflict degree: 1 when conflict-free.
+// ldmatrix is a 16-byte access per lane, each 8x8 matrix (8 lanes' rows) a phase.
+inline Wavefronts wavefronts(const uintptr_t* addresses, unsigned active, int width) {
+  const int per_phase = width >= 16 ? 8 : width == 8 ? 16 : 32;
+  const uintptr_t words = width >= 4 ? (uintptr_t)width / 4 : 1;
+  Wavefronts w;
+  for (int first = 0; first < kWarpSize; first += per_phase) {
+    std::vector<uintptr_t> touched;
+    for (int lane = first; lane < first + per_phase; ++lane)
+      if ((active >> lane) & 1u)
+        for (uintptr_t i = 0; i < words; ++i) touched.push_back(addresses[lane] / 4 + i);
+    if (touched.empty()) continue;
+    std::sort(touched.begin(), touched.end());
+    touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
+    unsigned per_bank[32] = {};
+    for (uintptr_t word : touched) per_bank[word % 32]++;
+    w.actual += *std::max_element(per_bank, per_bank + 32);
+    w.ideal += 1;
+  }
+  return w;
+}
+
+inline void count_shared_request(const std::string& kernel, const char* instruction, Wavefronts w) {
+  SharedRequests& r = instruments().shared[{kernel, instruction}];
+  r.requests += 1;
+  r.wavefronts += w.actual;
+  r.ideal += w.ideal;
+}
+
 // ---- cp.async ----------------------------------------------------------------------------
 
 inline bool async_deferred() { return config().async != AsyncCopies::immediate; }
@@ -685,6 +764,20 @@ inline void land(Block& b, const PendingCopy& c) {
   std::memset(c.dst + c.bytes, 0, (size_t)(16 - c.bytes));
 }
 
+// The bank counter's share of a cp.async: its shared address joins its warp's request.
+inline void record_async_request(Fiber& f, const void* smem) {
+  if (!instruments().banks) return;
+  Bookkeeping bk;
+  Warp& w = current_block()->warps[f.linear / kWarpSize];
+  const unsigned k = f.async_copies_issued++;
+  if (w.async_requests.size() <= k) {
+    w.async_requests.resize(k + 1);
+    w.async_request_lanes.resize(k + 1, 0u);
+  }
+  w.async_requests[k][f.linear % kWarpSize] = reinterpret_cast<uintptr_t>(smem);
+  w.async_request_lanes[k] |= 1u << (f.linear % kWarpSize);
+}
+
 // cp.async.cg.shared.global of 16 bytes, the first src_bytes from global memory.
 inline void async_copy(void* smem, const void* gmem, int src_bytes) {
   if (src_bytes < 0 || src_bytes > 16)
@@ -693,11 +786,12 @@ inline void async_copy(void* smem, const void* gmem, int src_bytes) {
     fatal("cp.async of 16 bytes: shared and global addresses must be 16-byte aligned");
   PendingCopy c{static_cast<char*>(smem), static_cast<const char*>(gmem), src_bytes, 0};
   Block& b = *current_block();
+  Fiber& f = self();
   if (!async_deferred()) {
+    record_async_request(f, smem);
     land(b, c);
     return;
   }
-  Fiber& f = self();
   {
     Bookkeeping bk;
     auto [it, fresh] = b.pending_chunks.emplace(reinterpret_cast<uintptr_t>(smem), f.linear);
@@ -707,6 +801,7 @@ inline void async_copy(void* smem, const void* gmem, int src_bytes) {
     c.group = f.groups_committed;
     f.copies.push_back(c);
   }
+  record_async_request(f, smem);
   // In flight: what a reader sees before the wait is undefined; here it is a NaN pattern.
   std::memset(smem, 0xff, 16);
 }
@@ -960,6 +1055,10 @@ inline void run_block(Block& b) {
     }
   }
   b.current = nullptr;
+  if (instruments().banks)
+    for (const Warp& w : b.warps)
+      for (size_t k = 0; k < w.async_requests.size(); ++k)
+        count_shared_request(b.info->name, "cp.async", wavefronts(w.async_requests[k].data(), w.async_request_lanes[k], 16));
 #ifdef NK_HARNESS_TSAN
   // The next block (and the host, after the launch) comes after this one: they share the
   // static shared memory and the fiber stacks.
@@ -1039,6 +1138,13 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem_bytes, 
                   info.name + ": " + problem);
     return;
   }
+  Instruments& ins = instruments();
+  if (ins.launches || ins.dry_run) {
+    size_t static_smem = 0;
+    for (const auto& st : info.statics) static_smem += st.second;
+    ins.launch_log.push_back({info.name, grid, block, smem_bytes, static_smem});
+    if (ins.dry_run) return;
+  }
   // Arguments are copied once, as the GPU copies them into constant memory at launch.
   std::tuple<std::decay_t<KArgs>...> params(std::forward<Args>(args)...);
   Block b;
@@ -1050,9 +1156,10 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem_bytes, 
   b.dyn_bytes = smem_bytes;
   Block* saved = current_block();
   current_block() = &b;
-  for (unsigned z = 0; z < grid.z; ++z)
-    for (unsigned y = 0; y < grid.y; ++y)
-      for (unsigned x = 0; x < grid.x; ++x) {
+  unsigned long long blocks_left = ins.sample_blocks ? ins.sample_blocks : ~0ull;
+  for (unsigned z = 0; z < grid.z && blocks_left; ++z)
+    for (unsigned y = 0; y < grid.y && blocks_left; ++y)
+      for (unsigned x = 0; x < grid.x && blocks_left; ++x, --blocks_left) {
         b.block_idx = dim3(x, y, z);
         // Fresh dynamic shared memory per block, malloc'd so ASan checks its bounds.
         b.dyn_smem = smem_bytes ? std::malloc(smem_bytes) : nullptr;

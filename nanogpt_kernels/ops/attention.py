@@ -233,7 +233,7 @@ def _validate(q, k, v, scale, dropout_p, seed, backend):
         raise ValueError(f"seed must be an int in [0, 2^64) or None, got {seed!r}")
     if q.shape[-1] < 1:
         raise ValueError(f"q: head_dim (last dimension) must be at least 1, got {q.shape[-1]}")
-    resolved = _backend.resolve_backend(backend, q.device)
+    resolved = _backend.resolve_backend(backend, q.device, op="causal_attention")
     if resolved != "eager" and q.shape[-1] not in ATTENTION_HEAD_DIMS:
         raise ValueError(f"q: head_dim (last dimension) must be one of {', '.join(map(str, ATTENTION_HEAD_DIMS))} "
                          f"on the kernel backends, got {q.shape[-1]}; backend='eager' takes any")

@@ -120,7 +120,8 @@ def _validate(x, residual, weight, bias, eps, backend):
         check_like(bias, "bias", x, "x", shape=(hidden,))
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
         raise ValueError(f"eps must be a non-negative finite float, got {eps!r}")
-    resolved = _backend.resolve_backend(backend, x.device)
+    resolved = _backend.resolve_backend(backend, x.device,
+                                        op="layer_norm" if residual is None else "add_layer_norm")
     if resolved != "eager" and hidden > LAYER_NORM_MAX_HIDDEN:
         raise ValueError(f"x: hidden size (last dimension) must be at most {LAYER_NORM_MAX_HIDDEN} on the kernel "
                          f"backends, got {hidden}; backend='eager' takes any")

@@ -156,7 +156,7 @@ def _validate(x, fc_weight, fc_bias, proj_weight, proj_bias, approximate, backen
         check_like(proj_bias, "proj_bias", x, "x", shape=(C,))
     if approximate not in APPROXIMATIONS:
         raise ValueError(f"approximate must be 'none' (exact erf GELU) or 'tanh', got {approximate!r}")
-    return _backend.resolve_backend(backend, x.device)
+    return _backend.resolve_backend(backend, x.device, op="gelu_mlp")
 
 
 def _autocast(x, *params):

@@ -97,8 +97,9 @@ def normal_init_(tensors, stds, *, seed: int, means=None, stream_ids=None, offse
     positions, offsets 0. All tensors must be contiguous float32/float16/bfloat16 tensors on
     one device; nothing is written if any argument is rejected.
 
-    `backend=None` picks cuda (else triton, else eager) on CUDA tensors and our multithreaded
-    C++ path on CPU tensors (eager if the extension is missing): all give identical bits.
+    `backend=None` on CUDA tensors takes the backend `python -m nanogpt_kernels tune` measured
+    fastest on this GPU, else cuda (else triton, else eager); on CPU tensors our multithreaded
+    C++ path (eager if the extension is missing). All give identical bits.
     """
     stds, means, stream_ids, offsets = _validate(tensors, stds, means, stream_ids, offsets, seed)
     live = [i for i, t in enumerate(tensors) if t.numel() > 0]
@@ -111,7 +112,7 @@ def normal_init_(tensors, stds, *, seed: int, means=None, stream_ids=None, offse
             and _backend.extension_error() is None:
         resolved = "host"
     else:
-        resolved = _backend.resolve_backend(backend, device)
+        resolved = _backend.resolve_backend(backend, device, op="normal_init_")
     with torch.no_grad():
         if resolved == "eager":
             _fill_eager(args[0], args[2], args[1], args[3], args[4], seed)

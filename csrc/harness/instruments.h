@@ -1,0 +1,19 @@
+// The harness's instruments (csrc/harness/cuda_cpu.h), for the torch layer (ops.cpp), which
+// cannot include the harness header: its CUDA keyword macros would clash with torch's.
+#pragma once
+
+#include <string>
+
+namespace nk_instruments {
+
+// From now on: record each launch's configuration (launches), record it without running the
+// kernel (dry_run), count the bank conflicts of ldmatrix and cp.async (banks), run only the
+// first sample_blocks blocks of each launch (0: all). Clears what was recorded before.
+void configure(bool launches, bool dry_run, bool banks, unsigned sample_blocks);
+
+// What was recorded since configure(), as JSON: {"launches": [{"kernel", "grid", "block",
+// "dynamic_smem", "static_smem"}], "shared": [{"kernel", "instruction", "requests",
+// "wavefronts", "ideal"}]}.
+std::string records_json();
+
+}  // namespace nk_instruments

@@ -1,0 +1,710 @@
+"""Predicted time of our kernels and of eager PyTorch, per op and per GPT-2 training step, on the
+GPUs of benchmarks/gpus.py: the static performance model (tools/perf.py) applied to every kernel
+launch a training step makes.
+
+Where the launches come from. Each op runs forward and backward on CPU tensors at the shapes of
+the model (GPT-2 124M: 12 sequences of 1024 tokens, C 768, 12 heads of 64; 350M: 16 sequences,
+C 1024, 16 heads) with backend "cuda", through the CPU harness in a dry run: every launch is
+recorded (kernel, grid, block, dynamic shared memory) and none runs, so the grids are the ones
+the host code computes for those shapes, in a fraction of a second. Each launch is joined with
+its kernel's row of the resource report (tools/kernels.py, compiled for sm_80 and sm_90a): its
+registers and static shared memory give the CTAs per SM (the occupancy calculator's arithmetic,
+dynamic shared memory included), its main loop the issue slots and shared bytes per HMMA.
+
+What a launch does (FLOPs, bytes) is launch arithmetic, from the tensors of the C++ op call:
+    layer_norm_fwd     every tensor read or written once (a row stays in registers)
+    layer_norm_bwd     every tensor once, plus per CTA two fp32 rows of partial dweight/dbias,
+                       written by the row kernel and read by the reduce kernel
+    gemm               2 M N K FLOPs; a, b, the outputs and the epilogue's operands once (tiles
+                       re-read by other CTAs come from L2: A and B of nanoGPT's GEMMs fit in it)
+    column_sum         x once; per row slice (grid.y of the partial kernel) an fp32 row of partials
+    attention fwd      2 products of the causal half, 4 B H T(T+1)/2 D FLOPs; q, k, v, o, lse once
+                       (k and v re-read from L2 by later row blocks: one head's are 256 KB)
+    attention bwd      delta kernel: o, do read, delta written; dK/dV kernel: 4 products (S, dP,
+                       dV, dK), dQ kernel: 3 (S, dP, dQ); each reads q, k, v, do, lse, delta
+    normal_init        every tensor written once
+and its ideal is each input of the op read once and each output written once.
+
+Each launch is predicted with perf.predict (the slowest of tensor, issue, shared-memory and DRAM
+time, over the wave efficiency), and takes at least MIN_LAUNCH_S. Eager PyTorch is predicted from
+published and stated figures, in EAGER below: cuBLAS GEMMs at a fraction of the dense peak,
+elementwise ops, PyTorch's LayerNorm kernels and reductions as DRAM passes at a fraction of the
+bandwidth, SDPA as FlashAttention-2 at its published fraction of peak. A training step is, per
+layer, our three ops (two add+LayerNorms, attention, GELU-MLP) against their eager equivalents,
+plus what both paths leave to PyTorch (the QKV and output projections, lm_head, cross-entropy,
+the embedding and AdamW), predicted the same way on both sides.
+
+These are predictions until a GPU run measures them (`python -m tools bench` records measured
+beside predicted); the constants below say where each figure comes from.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from benchmarks.gpus import GPU, GPUS
+from tools import budgets, perf
+
+# A kernel launch takes at least this long on the GPU, launch latency and the tail of its last
+# CTA included (~2-4 us measured for empty kernels on A100 and H100; CUDA graphs hide the CPU
+# side, not this).
+MIN_LAUNCH_S = 2e-6
+DTYPE = torch.bfloat16
+T = 1024
+VOCAB = 50304
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    n_layer: int
+    n_embd: int
+    n_head: int
+    batch: int
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * T
+
+
+MODELS = {
+    "gpt2": Model("GPT-2 124M", 12, 768, 12, batch=12),
+    "gpt2-medium": Model("GPT-2 350M", 24, 1024, 16, batch=16),
+}
+# The GPUs the report shows unless told otherwise: the two our users train on, and the H200 the
+# first GPU run will measure.
+DEFAULT_GPUS = ("A100-SXM-80GB", "H100-SXM", "H200-SXM")
+# The budgets hold the figures of these two: 108 and 132 SMs, sm_80 and sm_90a (an H200 has an
+# H100's SMs and a faster DRAM).
+BUDGET_GPUS = ("A100-SXM-80GB", "H100-SXM")
+
+# Eager PyTorch, as fractions of the GPU's peaks (assumptions until measured; the first GPU run
+# calibrates them):
+#   gemm          cuBLAS on nanoGPT's bf16 GEMMs (M = 12-16K, N and K 768-4096): ~75% of the
+#                 dense peak on an A100, ~60% on an H100 (cuBLAS's own GEMM benchmarks at these
+#                 sizes; H100 GEMMs this small do not fill 132 SMs' wgmma pipelines)
+#   attention     SDPA's FlashAttention-2, causal, head dim 64, 1K tokens: forward ~45% / backward
+#                 ~30% of peak on an A100 (FlashAttention-2 paper, Dao 2023, Fig. 4-6), ~20% /
+#                 ~15% on an H100 (FlashAttention-3 paper, Shah et al. 2024, FA2's bars at 1K)
+#   memory        PyTorch's vectorised elementwise, LayerNorm and reduction kernels: ~80% of the
+#                 DRAM bandwidth (the streaming copy nvbandwidth reaches ~90%)
+EAGER = {
+    "sm_80": {"gemm": 0.75, "attention_fwd": 0.45, "attention_bwd": 0.30, "memory": 0.80},
+    "sm_90a": {"gemm": 0.60, "attention_fwd": 0.20, "attention_bwd": 0.15, "memory": 0.80},
+}
+OPS = ("layernorm", "attention", "mlp", "init")
+PHASES = ("forward", "backward")
+# The C++ ops the Python ops call (nanogpt_kernels/ops/*.py): the unit the launch arithmetic reads.
+CUDA_OPS = ("cuda_layer_norm_fwd", "cuda_layer_norm_bwd", "cuda_attention_fwd", "cuda_attention_bwd", "cuda_gemm",
+            "cuda_column_sum", "cuda_normal_init_")
+
+
+# -- the launches of a training step, recorded -----------------------------------------------
+
+@dataclass
+class Call:
+    """One call of a C++ op, and the kernel launches it made."""
+    op: str
+    phase: str
+    name: str
+    tensors: dict  # argument or output name -> (shape, itemsize)
+    launches: list
+
+
+def _nbytes(t) -> int:
+    return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
+
+
+_ARG_NAMES = {
+    "cuda_layer_norm_fwd": ("x", "residual", "weight", "bias"),
+    "cuda_layer_norm_bwd": ("dy", "xs", "weight", "mean", "rstd", "ds"),
+    "cuda_attention_fwd": ("q", "k", "v", "o", "lse"),
+    "cuda_attention_bwd": ("do", "q", "k", "v", "o", "lse", "dq", "dk", "dv"),
+    "cuda_gemm": ("a", "b", "d", "d2", "bias", "aux"),
+    "cuda_column_sum": ("x", "out"),
+}
+_OUT_NAMES = {"cuda_layer_norm_fwd": ("y", "s", "mean", "rstd"), "cuda_layer_norm_bwd": ("dx", "dweight", "dbias")}
+
+
+def _tensors(name: str, args, out) -> dict:
+    if name == "cuda_normal_init_":
+        return {f"t{i}": (tuple(t.shape), t.element_size()) for i, t in enumerate(args[0])}
+    named = dict(zip(_ARG_NAMES[name], args))
+    if name in _OUT_NAMES:
+        named.update(zip(_OUT_NAMES[name], out))
+    return {k: (tuple(t.shape), t.element_size()) for k, t in named.items() if isinstance(t, torch.Tensor) and t.numel()}
+
+
+@contextlib.contextmanager
+def recording(phase_of):
+    """Within the block, every C++ op call is recorded as a Call (its launches dry-run in the
+    harness, nothing computed); `phase_of()` names the (op, phase) the call belongs to."""
+    from nanogpt_kernels import _backend
+    ext = _backend.load_extension()
+    calls = []
+    namespace = torch.ops.nanogpt_kernels
+    originals = {name: getattr(namespace, name) for name in CUDA_OPS}
+
+    def recorder(name, original):
+        def call(*args):
+            ext.harness_instruments(dry_run=True)
+            out = original(*args)
+            launches = json.loads(ext.harness_records())["launches"]
+            op, phase = phase_of()
+            calls.append(Call(op, phase, name, _tensors(name, args, out), launches))
+            return out
+        return call
+
+    try:
+        for name, original in originals.items():
+            setattr(namespace, name, recorder(name, original))
+        yield calls
+    finally:
+        for name, original in originals.items():
+            setattr(namespace, name, original)
+        ext.harness_instruments()
+
+
+def _exercise(model: Model, ops, phase) -> None:
+    """Runs one layer's ops, forward and backward, with backend "cuda" on CPU tensors at the
+    model's shapes (their contents do not matter: the harness either records the launches without
+    running them or runs a sample of their blocks); "init" is the whole model's normal_init_.
+    `phase(op, "forward" | "backward")` is called before each part."""
+    import nanogpt_kernels as nk
+
+    M, C, H = model.tokens, model.n_embd, model.n_head
+
+    def leaf(*shape):
+        return torch.zeros(*shape, dtype=DTYPE).requires_grad_()
+
+    def run(op, forward):
+        phase(op, "forward")
+        outs = forward()
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        phase(op, "backward")
+        torch.autograd.backward(outs, [torch.zeros_like(o) for o in outs])
+
+    if "layernorm" in ops:
+        x, r, w, b = leaf(M, C), leaf(M, C), leaf(C), leaf(C)
+        run("layernorm", lambda: nk.add_layer_norm(x, r, w, b, backend="cuda"))
+    if "attention" in ops:
+        q, k, v = (leaf(model.batch, H, T, C // H) for _ in range(3))
+        run("attention", lambda: nk.causal_attention(q, k, v, backend="cuda"))
+    if "mlp" in ops:
+        x, w1, b1, w2, b2 = leaf(M, C), leaf(4 * C, C), leaf(4 * C), leaf(C, 4 * C), leaf(C)
+        run("mlp", lambda: nk.gelu_mlp(x, w1, b1, w2, b2, backend="cuda"))
+    if "init" in ops:
+        phase("init", "forward")
+        params = [torch.empty(s, dtype=torch.float32) for s in init_shapes(model)]
+        nk.normal_init_(params, [0.02] * len(params), seed=0, backend="cuda")
+
+
+def record_step(model: Model, ops=OPS) -> list[Call]:
+    """The C++ op calls, with their launches, of one layer's ops at the model's shapes."""
+    current = ["", ""]
+
+    def phase(op, name):
+        current[:] = [op, name]
+
+    with recording(lambda: tuple(current)) as calls:
+        _exercise(model, ops, phase)
+    return calls
+
+
+# Blocks of each launch the bank counter runs: every CTA of our kernels issues the same shared-
+# memory requests (only the number of tiles it loops over differs), so a few stand for all.
+BANK_SAMPLE_BLOCKS = 2
+
+
+def record_banks(model: Model, ops=OPS) -> dict:
+    """{kernel (report name): {instruction: conflict degree, wavefronts over the ideal}} of the
+    ldmatrix and cp.async requests of the first blocks of every launch at the model's shapes."""
+    from nanogpt_kernels import _backend
+    ext = _backend.load_extension()
+    ext.harness_instruments(banks=True, sample_blocks=BANK_SAMPLE_BLOCKS)
+    try:
+        _exercise(model, [op for op in ops if op != "init"], lambda op, phase: None)
+        shared = json.loads(ext.harness_records())["shared"]
+    finally:
+        ext.harness_instruments()
+    out = {}
+    for r in shared:
+        out.setdefault(report_name(r["kernel"]), {})[r["instruction"]] = r["wavefronts"] / r["ideal"]
+    return out
+
+
+def init_shapes(model: Model) -> list[tuple]:
+    """The weight matrices nanoGPT initialises from a normal distribution (embeddings, and per
+    layer the attention's and MLP's Linear weights); lm_head is tied to wte."""
+    C = model.n_embd
+    return [(VOCAB, C), (T, C)] + [s for _ in range(model.n_layer) for s in ((3 * C, C), (C, C), (4 * C, C), (C, 4 * C))]
+
+
+# -- launch arithmetic -------------------------------------------------------------------------
+
+def _size(call: Call, *names) -> int:
+    return sum(math.prod(call.tensors[n][0]) * call.tensors[n][1] for n in names if n in call.tensors)
+
+
+def _all(call: Call) -> int:
+    return _size(call, *call.tensors)
+
+
+def _causal_pairs(call: Call) -> tuple[int, int]:
+    B, H, t, D = call.tensors["q"][0]
+    return B * H * t * (t + 1) // 2, D
+
+
+def work(call: Call) -> list[tuple[float, float]]:
+    """(FLOPs, DRAM bytes) of each launch of the call (module docstring)."""
+    n = len(call.launches)
+    if call.name == "cuda_layer_norm_bwd":
+        C = call.tensors["weight"][0][0]
+        partials = call.launches[0]["grid"][0] * 2 * C * 4
+        main = _size(call, "dy", "xs", "weight", "mean", "rstd", "ds", "dx") + partials
+        return [(0.0, main), (0.0, partials + _size(call, "dweight", "dbias"))][:n]
+    if call.name == "cuda_gemm":
+        (M, K), (_, N) = call.tensors["a"][0], call.tensors["b"][0]
+        return [(2.0 * M * N * K, _all(call))]
+    if call.name == "cuda_column_sum":
+        N = call.tensors["out"][0][0]
+        partials = call.launches[0]["grid"][1] * N * 4 if n > 1 else 0
+        return [(0.0, _size(call, "x") + partials), (0.0, partials + _size(call, "out"))][:n]
+    if call.name == "cuda_attention_fwd":
+        pairs, D = _causal_pairs(call)
+        return [(2 * 2.0 * pairs * D, _all(call))]
+    if call.name == "cuda_attention_bwd":
+        pairs, D = _causal_pairs(call)
+        delta = call.tensors["lse"][1] * math.prod(call.tensors["lse"][0])
+        reads = _size(call, "q", "k", "v", "do", "lse") + delta
+        out = []
+        for launch in call.launches:
+            if "delta" in launch["kernel"]:
+                out.append((0.0, _size(call, "o", "do") + delta))
+            elif "dkdv" in launch["kernel"]:
+                out.append((4 * 2.0 * pairs * D, reads + _size(call, "dk", "dv")))
+            else:
+                out.append((3 * 2.0 * pairs * D, reads + _size(call, "dq")))
+        return out
+    return [(0.0, _all(call))] + [(0.0, 0.0)] * (n - 1)  # layer_norm_fwd, normal_init: one pass
+
+
+def ideal_bytes(call: Call) -> int:
+    """Each input of the call read once, each output written once."""
+    return _all(call)
+
+
+# -- joining launches with the kernel report ---------------------------------------------------
+
+def report_name(kernel: str) -> str:
+    """The resource report's name of a harness kernel: nk_cuda:: for nk_cpu::, no `void`, no
+    parameter list."""
+    name = kernel.removeprefix("void ").replace("nk_cpu::", "nk_cuda::")
+    depth = 0
+    for i in range(len(name) - 1, -1, -1):
+        depth += {")": 1, "(": -1}.get(name[i], 0)
+        if depth == 0 and name[i] == "(":
+            return name[:i]
+    return name
+
+
+@dataclass
+class LaunchPrediction:
+    model: str
+    op: str
+    phase: str
+    call: str
+    kernel: str
+    arch: str
+    gpu: str
+    grid: list
+    block: list
+    ctas: int
+    threads: int
+    registers: int | None
+    shared_bytes: int  # static + dynamic, per CTA
+    ctas_per_sm: int
+    occupancy_limiter: str
+    wave_efficiency: float
+    flops: float
+    bytes_moved: float
+    issue_per_mma: float | None
+    shared_bytes_per_mma: float | None
+    in_flight_per_sm: float | None  # bytes of global memory an SM's resident CTAs can have outstanding
+    wide_access_share: float | None  # of the kernel's global bytes, the share moved by 128-bit accesses
+    bank_conflicts: dict  # ldmatrix / cp.async: wavefronts over the ideal (1.0: conflict-free)
+    seconds: float
+    limiter: str
+    notes: list = field(default_factory=list)
+
+
+def in_flight_per_cta(row, threads: int) -> float | None:
+    """Bytes of global memory one CTA can have outstanding: what one iteration of the main loop
+    moves per warp (or, without a loop, every access of the kernel), times its warps. An upper
+    bound: a load whose result is used before the next is issued is not in flight with it."""
+    warps = math.ceil(threads / 32)
+    if row.loop_global_bytes:
+        return row.loop_global_bytes * warps
+    if row.global_loads is not None:
+        wide = row.global_loads_128 or 0
+        return ((row.global_loads - wide) * 4 + wide * 16) * 32 * warps
+    return None
+
+
+def wide_access_share(row) -> float | None:
+    """Of the global bytes the kernel's load and store instructions move (each counted once,
+    16 bytes for a 128-bit one, 4 for the others), the share of the 128-bit ones."""
+    if row.global_loads is None or row.global_stores is None:
+        return None
+    wide = (row.global_loads_128 or 0) + (row.global_stores_128 or 0)
+    narrow = row.global_loads + row.global_stores - wide
+    return 16 * wide / (16 * wide + 4 * narrow) if wide + narrow else None
+
+
+def predict_launches(calls: list[Call], rows: dict, gpu: GPU, model: Model, banks: dict | None = None) -> list[LaunchPrediction]:
+    from tools.kernels import occupancy
+
+    out = []
+    for call in calls:
+        for launch, (flops, nbytes) in zip(call.launches, work(call)):
+            name = report_name(launch["kernel"])
+            row = rows.get((gpu.arch, name))
+            threads = math.prod(launch["block"])
+            ctas = math.prod(launch["grid"])
+            smem = launch["dynamic_smem"] + launch["static_smem"]
+            notes = []
+            if row is None:
+                notes.append(f"not in the kernel report for {gpu.arch}: registers unknown, occupancy from shared "
+                             "memory and threads only")
+            occ = occupancy(row.registers if row else 0, smem, threads, gpu.arch)
+            flight = in_flight_per_cta(row, threads) if row and not flops else None
+            p = perf.predict(perf.Launch(flops=flops, bytes_moved=nbytes, ideal_bytes=nbytes, ctas=ctas,
+                                         ctas_per_sm=occ["blocks_per_sm"],
+                                         issue_per_mma=row.issue_per_mma if row else None,
+                                         shared_bytes_per_mma=row.shared_bytes_per_mma if row else None,
+                                         in_flight_per_cta=flight), gpu)
+            seconds = max(p.seconds, MIN_LAUNCH_S)
+            out.append(LaunchPrediction(
+                model=model.name, op=call.op, phase=call.phase, call=call.name, kernel=name, arch=gpu.arch,
+                gpu=gpu.name, grid=launch["grid"], block=launch["block"], ctas=ctas, threads=threads,
+                registers=row.registers if row else None, shared_bytes=smem, ctas_per_sm=occ["blocks_per_sm"],
+                occupancy_limiter=occ["limiter"], wave_efficiency=p.wave_efficiency, flops=flops, bytes_moved=nbytes,
+                issue_per_mma=row.issue_per_mma if row else None,
+                shared_bytes_per_mma=row.shared_bytes_per_mma if row else None,
+                in_flight_per_sm=flight * occ["blocks_per_sm"] if flight is not None else None,
+                wide_access_share=wide_access_share(row) if row and not flops else None,
+                bank_conflicts=(banks or {}).get(name, {}),
+                seconds=seconds, limiter=p.limiter if seconds > MIN_LAUNCH_S else "launch", notes=notes))
+    return out
+
+
+# -- eager PyTorch ----------------------------------------------------------------------------
+
+def _gemm_s(M, N, K, gpu: GPU) -> float:
+    return max(2.0 * M * N * K / (gpu.tensor_flops * EAGER[gpu.arch]["gemm"]), MIN_LAUNCH_S)
+
+
+def _passes_s(nbytes: list[float], gpu: GPU) -> float:
+    """Memory-bound kernels, one per entry, each moving that many bytes."""
+    return sum(max(b / (gpu.dram_bandwidth * EAGER[gpu.arch]["memory"]), MIN_LAUNCH_S) for b in nbytes)
+
+
+def eager_seconds(op: str, phase: str, model: Model, gpu: GPU) -> float:
+    """Eager PyTorch's time for one layer's op (nanoGPT's modules), from the fractions in EAGER.
+
+    layernorm  forward: the residual add (2 reads, 1 write), F.layer_norm (read, write, mean and
+               rstd); backward: layer_norm_backward's dx kernel (dy, x, stats in, dx out) and its
+               dgamma/dbeta kernel (dy, x again), the add's gradient sum (2 reads, 1 write)
+    attention  SDPA (FlashAttention-2) at its fraction of peak, FLOPs of the causal half, the
+               backward 2.5x the forward
+    mlp        forward: two GEMMs (bias in cuBLASLt's epilogue), GELU (read, write the M x 4C
+               activation); backward: four GEMMs, GELU's backward (2 reads, 1 write), the two
+               bias gradients as column sums of dY and dA
+    init       torch.nn.init.normal_ per weight matrix, one pass each"""
+    M, C, b = model.tokens, model.n_embd, DTYPE.itemsize
+    act, stats = M * C * b, 2 * M * 4
+    if op == "layernorm":
+        if phase == "forward":
+            return _passes_s([3 * act, 2 * act + stats], gpu)
+        return _passes_s([3 * act + stats, 2 * act + stats, 3 * act], gpu)
+    if op == "attention":
+        B, H, D = model.batch, model.n_head, C // model.n_head
+        fwd = 4.0 * B * H * T * (T + 1) / 2 * D
+        flops = fwd if phase == "forward" else 2.5 * fwd
+        return max(flops / (gpu.tensor_flops * EAGER[gpu.arch]["attention_fwd" if phase == "forward" else "attention_bwd"]), MIN_LAUNCH_S)
+    if op == "mlp":
+        hidden = 4 * act
+        if phase == "forward":
+            return 2 * _gemm_s(M, 4 * C, C, gpu) + _passes_s([2 * hidden], gpu)
+        return (4 * _gemm_s(M, 4 * C, C, gpu) + _passes_s([3 * hidden], gpu)
+                + _passes_s([act, hidden], gpu))
+    if op == "init":
+        return _passes_s([math.prod(s) * 4 for s in init_shapes(model)], gpu) if phase == "forward" else 0.0
+    raise ValueError(f"op must be one of {OPS}, got {op!r}")
+
+
+def shared_seconds(model: Model, gpu: GPU) -> dict:
+    """What both paths leave to PyTorch in one training step, forward and backward: per layer the
+    QKV (C -> 3C) and output (C -> C) projections (3 GEMMs each with the backward); lm_head
+    (C -> vocab, tied to wte: 3 GEMMs); cross-entropy over the bf16 logits (softmax forward and
+    backward: ~4 passes over M x vocab); the embedding (gather forward, scatter-add backward);
+    AdamW over fp32 parameters, gradients and two moments (~7 passes of 4 bytes per parameter)."""
+    M, C, b = model.tokens, model.n_embd, DTYPE.itemsize
+    params = sum(math.prod(s) for s in init_shapes(model)) + model.n_layer * 10 * C
+    return {
+        "projections": model.n_layer * 3 * (_gemm_s(M, 3 * C, C, gpu) + _gemm_s(M, C, C, gpu)),
+        "lm_head": 3 * _gemm_s(M, VOCAB, C, gpu),
+        "cross_entropy": _passes_s([4 * M * VOCAB * b], gpu),
+        "embedding": _passes_s([2 * M * C * b, 2 * M * C * 4], gpu),
+        "adamw": _passes_s([7 * 4 * params], gpu),
+    }
+
+
+# -- the report ------------------------------------------------------------------------------
+
+@dataclass
+class OpPrediction:
+    model: str
+    gpu: str
+    op: str
+    phase: str
+    ours_s: float
+    eager_s: float
+    launches: int
+    ideal_bytes: float
+    bytes_moved: float
+    flops: float
+    roofline_s: float
+    wave_efficiency: float  # of its launches, weighted by their predicted time
+
+    @property
+    def speedup(self) -> float:
+        return self.eager_s / self.ours_s if self.ours_s else 0.0
+
+    @property
+    def fraction_of_roofline(self) -> float:
+        return self.roofline_s / self.ours_s if self.ours_s else 0.0
+
+
+def predict_ops(calls: list[Call], launches: list[LaunchPrediction], model: Model, gpu: GPU) -> list[OpPrediction]:
+    out = []
+    for op in dict.fromkeys(c.op for c in calls):
+        for phase in PHASES:
+            mine = [lp for lp in launches if lp.op == op and lp.phase == phase]
+            op_calls = [c for c in calls if c.op == op and c.phase == phase]
+            if not mine:
+                continue
+            flops = sum(lp.flops for lp in mine)
+            ideal = sum(ideal_bytes(c) for c in op_calls)
+            out.append(OpPrediction(
+                model=model.name, gpu=gpu.name, op=op, phase=phase, ours_s=sum(lp.seconds for lp in mine),
+                eager_s=eager_seconds(op, phase, model, gpu), launches=len(mine), ideal_bytes=ideal,
+                bytes_moved=sum(lp.bytes_moved for lp in mine), flops=flops,
+                roofline_s=max(flops / gpu.tensor_flops, ideal / gpu.dram_bandwidth),
+                wave_efficiency=sum(lp.wave_efficiency * lp.seconds for lp in mine) / sum(lp.seconds for lp in mine)))
+    return out
+
+
+def predict_step(ops: list[OpPrediction], model: Model, gpu: GPU) -> dict:
+    """One training step: per layer two add+LayerNorms, attention and the MLP; plus the rest."""
+    per_layer = {"layernorm": 2, "attention": 1, "mlp": 1}
+    ours = sum(o.ours_s * per_layer[o.op] for o in ops if o.op in per_layer) * model.n_layer
+    eager = sum(o.eager_s * per_layer[o.op] for o in ops if o.op in per_layer) * model.n_layer
+    rest = shared_seconds(model, gpu)
+    covered = {o.op for o in ops} >= set(per_layer)
+    return {"model": model.name, "gpu": gpu.name, "tokens": model.tokens, "complete": covered,
+            "ours_layers_s": ours, "eager_layers_s": eager, "rest_s": sum(rest.values()), "rest": rest,
+            "ours_s": ours + sum(rest.values()), "eager_s": eager + sum(rest.values()),
+            "speedup": (eager + sum(rest.values())) / (ours + sum(rest.values()))}
+
+
+def cuda_rows(archs) -> dict:
+    """{(arch, kernel name): KernelResources} of the CUDA kernels (compiled, or from the cache)."""
+    from tools.kernels import cuda_resources
+    return {(r.arch, r.name): r for r in cuda_resources(archs)}
+
+
+def predict(models=("gpt2", "gpt2-medium"), gpus=DEFAULT_GPUS, ops=OPS, rows=None, banks=True) -> dict:
+    """Everything the command prints, as data: per model and GPU, the launches, the ops and the
+    step; with `banks`, the bank conflicts of each kernel's sampled blocks at the model's shapes."""
+    gpus = [GPUS[g] for g in gpus]
+    # Both archs whatever the GPUs: the report's cache holds the build of both.
+    rows = cuda_rows(("sm_80", "sm_90a")) if rows is None else rows
+    out = {"launches": [], "calls": [], "ops": [], "steps": []}
+    for key in models:
+        model = MODELS[key]
+        calls = record_step(model, ops)
+        out["calls"] += [{"model": model.name, "op": c.op, "phase": c.phase, "call": c.name,
+                          "flops": sum(f for f, _ in work(c)), "bytes_moved": sum(b for _, b in work(c)),
+                          "ideal_bytes": ideal_bytes(c)} for c in calls]
+        conflicts = record_banks(model, ops) if banks else None
+        for gpu in gpus:
+            launches = predict_launches(calls, rows, gpu, model, conflicts)
+            op_predictions = predict_ops(calls, launches, model, gpu)
+            out["launches"] += launches
+            out["ops"] += op_predictions
+            out["steps"].append(predict_step(op_predictions, model, gpu))
+    return out
+
+
+def _us(s: float) -> str:
+    return f"{s * 1e6:9.1f}"
+
+
+def format_ops(result: dict) -> str:
+    lines = [f"{'model':<11} {'gpu':<15} {'op':<10} {'phase':<8} {'ours us':>9} {'eager us':>9} {'speedup':>7} "
+             f"{'roofline':>8} {'waves':>6} {'bytes/ideal':>11}"]
+    for o in result["ops"]:
+        lines.append(f"{o.model:<11} {o.gpu:<15} {o.op:<10} {o.phase:<8} {_us(o.ours_s)} {_us(o.eager_s)} "
+                     f"{o.speedup:6.2f}x {o.fraction_of_roofline:7.0%} {o.wave_efficiency:6.0%} "
+                     f"{o.bytes_moved / o.ideal_bytes if o.ideal_bytes else 0:10.2f}x")
+    return "\n".join(lines)
+
+
+def format_launches(result: dict) -> str:
+    lines = [f"{'model':<11} {'gpu':<15} {'op':<9} {'phase':<8} {'kernel':<58} {'CTAs':>6} {'/SM':>3} {'waves':>6} "
+             f"{'us':>8} {'limiter':<8} {'in flight/SM':>12} {'banks':>6}"]
+    for lp in result["launches"]:
+        kernel = lp.kernel if len(lp.kernel) <= 58 else lp.kernel[:55] + "..."
+        flight = f"{lp.in_flight_per_sm / 1024:9.1f} KB" if lp.in_flight_per_sm is not None else ""
+        banks = f"{max(lp.bank_conflicts.values()):5.2f}x" if lp.bank_conflicts else ""
+        lines.append(f"{lp.model:<11} {lp.gpu:<15} {lp.op:<9} {lp.phase:<8} {kernel:<58} {lp.ctas:6d} "
+                     f"{lp.ctas_per_sm:3d} {lp.wave_efficiency:6.0%} {lp.seconds * 1e6:8.1f} {lp.limiter:<8} "
+                     f"{flight:>12} {banks:>6}")
+    return "\n".join(lines)
+
+
+def format_steps(result: dict) -> str:
+    lines = [f"{'model':<11} {'gpu':<15} {'ours ms':>8} {'eager ms':>8} {'speedup':>7}   "
+             "(per step; of which PyTorch's in both: projections, lm_head, loss, embedding, AdamW)"]
+    for s in result["steps"]:
+        lines.append(f"{s['model']:<11} {s['gpu']:<15} {s['ours_s'] * 1e3:8.2f} {s['eager_s'] * 1e3:8.2f} "
+                     f"{s['speedup']:6.2f}x   ({s['rest_s'] * 1e3:.2f} ms)")
+    return "\n".join(lines)
+
+
+def markdown(result: dict) -> str:
+    out = ["| model | GPU | op | phase | ours (us) | eager (us) | speedup | of roofline |",
+           "|---|---|---|---|---:|---:|---:|---:|"]
+    for o in result["ops"]:
+        out.append(f"| {o.model} | {o.gpu} | {o.op} | {o.phase} | {o.ours_s * 1e6:.1f} | {o.eager_s * 1e6:.1f} | "
+                   f"{o.speedup:.2f}x | {o.fraction_of_roofline:.0%} |")
+    out += ["", "| model | GPU | step, ours (ms) | step, eager (ms) | speedup |", "|---|---|---:|---:|---:|"]
+    for s in result["steps"]:
+        out.append(f"| {s['model']} | {s['gpu']} | {s['ours_s'] * 1e3:.2f} | {s['eager_s'] * 1e3:.2f} | "
+                   f"{s['speedup']:.2f}x |")
+    return "\n".join(out) + "\n"
+
+
+def budget_figures(result: dict) -> dict:
+    """{section: {key: {figure: value}}} of the budgets' "launches", "calls" and "ops" sections
+    (tools/budgets.py), for the GPUs of BUDGET_GPUS in the result."""
+    names = {GPUS[g].name: g for g in BUDGET_GPUS}
+    out = {"launches": {}, "calls": {}, "ops": {}}
+    index = {}
+    for lp in result["launches"]:
+        if lp.gpu not in names:
+            continue
+        group = (lp.gpu, lp.model, lp.op, lp.phase)
+        index[group] = index.get(group, 0) + 1
+        figures = {"wave_efficiency": lp.wave_efficiency}
+        if lp.bank_conflicts:
+            figures["bank_conflicts"] = max(lp.bank_conflicts.values())
+        if lp.in_flight_per_sm is not None:
+            figures["in_flight_kb"] = lp.in_flight_per_sm / 1024
+        if lp.wide_access_share is not None:
+            figures["wide_access_share"] = lp.wide_access_share
+        out["launches"][f"{names[lp.gpu]} {lp.model} {lp.op} {lp.phase} #{index[group]} {lp.kernel}"] = figures
+    index = {}
+    for c in result["calls"]:
+        group = (c["model"], c["op"], c["phase"])
+        index[group] = index.get(group, 0) + 1
+        if not c["flops"] and c["ideal_bytes"]:
+            out["calls"][f"{c['model']} {c['op']} {c['phase']} #{index[group]} {c['call']}"] = {
+                "bytes_ratio": c["bytes_moved"] / c["ideal_bytes"]}
+    for o in result["ops"]:
+        if o.gpu in names:
+            out["ops"][f"{names[o.gpu]} {o.model} {o.op} {o.phase}"] = {"speedup": o.speedup}
+    return out
+
+
+def check_budgets(result: dict, budget_file: dict, banks: bool = True) -> list[str]:
+    """One line per figure worse than its budget (or without one); without `banks` (not counted
+    in this run), the bank-conflict budgets are not checked."""
+    figures = budget_figures(result)
+    if not banks:
+        for current in figures["launches"].values():
+            current.pop("bank_conflicts", None)
+    return [line for section in figures
+            for line in budgets.check_section(figures[section], budget_file.get(section, {}), "python -m tools predict")]
+
+
+def record_budgets(result: dict, previous: dict, date: str) -> dict:
+    """The budget file with today's "launches", "calls" and "ops" figures as baselines and budgets."""
+    out = {**previous, "recorded": date, "targets": budgets.TARGETS}
+    for section, current in budget_figures(result).items():
+        out[section] = {name: budgets.entry(figures) for name, figures in current.items()}
+    return out
+
+
+def to_json(result: dict) -> dict:
+    return {"launches": [asdict(lp) for lp in result["launches"]], "calls": result["calls"],
+            "ops": [{**asdict(o), "speedup": o.speedup, "fraction_of_roofline": o.fraction_of_roofline}
+                    for o in result["ops"]],
+            "steps": result["steps"], "eager_fractions": EAGER, "min_launch_s": MIN_LAUNCH_S}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools predict", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", choices=sorted(MODELS), action="append", help="default: both")
+    p.add_argument("--gpu", choices=sorted(GPUS), action="append", help=f"default: {', '.join(DEFAULT_GPUS)}")
+    p.add_argument("--op", choices=OPS, action="append", help="default: every op")
+    p.add_argument("--launches", action="store_true", help="also print every kernel launch")
+    p.add_argument("--json", metavar="PATH", help="write everything as JSON here")
+    p.add_argument("--markdown", metavar="PATH", help="write the per-op and per-step tables as markdown here")
+    p.add_argument("--no-banks", action="store_true",
+                   help="skip the bank-conflict count (it runs two blocks of every launch in the harness, ~10 s "
+                        "per model)")
+    p.add_argument("--budgets", default=str(budgets.DEFAULT_PATH), metavar="PATH",
+                   help="the budget file the launches, calls and ops are checked against (tools/budgets.py; "
+                        "default: %(default)s); a figure worse than its budget fails the run")
+    p.add_argument("--record-budgets", action="store_true",
+                   help="write this run's launch, call and op figures into the budget file as baselines and "
+                        "budgets (needs the full run: no --model, --gpu, --op or --no-banks)")
+    args = p.parse_args(argv)
+    if args.record_budgets and (args.model or args.gpu or args.op or args.no_banks):
+        p.error("--record-budgets records the full run: drop --model, --gpu, --op and --no-banks")
+    result = predict(models=args.model or tuple(MODELS), gpus=args.gpu or DEFAULT_GPUS, ops=args.op or OPS,
+                     banks=not args.no_banks)
+    if args.launches:
+        print(format_launches(result) + "\n")
+    print(format_ops(result) + "\n")
+    print(format_steps(result))
+    print("\nPredictions from the static model (tools/predict.py, tools/perf.py), not measurements.")
+    if args.json:
+        Path(args.json).write_text(json.dumps(to_json(result), indent=1) + "\n")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(result))
+    if args.record_budgets:
+        budgets.write(record_budgets(result, budgets.load(args.budgets), time.strftime("%Y-%m-%d")), args.budgets)
+        print(f"budgets recorded in {args.budgets}")
+    loaded = budgets.load(args.budgets)
+    over = check_budgets(result, loaded, banks=not args.no_banks)
+    if over:
+        print(f"\n{len(over)} budget(s) not met ({args.budgets}):\n" + "\n".join(over))
+        return 1
+    missing = sum(bool(e["misses"]) for section in ("launches", "calls", "ops") for e in loaded.get(section, {}).values())
+    print(f"\nbudgets: every launch, call and op within its budget; {missing} still miss their targets")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
