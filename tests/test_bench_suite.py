@@ -245,3 +245,21 @@ def test_e2e_flops_per_token():
     model.lm_head = torch.nn.Linear(8, 10, bias=False)
     # N = 80 (the position embedding left out); 6 N + 12 L H Q T = 480 + 12 * 2 * 2 * 4 * 16.
     assert bench_e2e.flops_per_token(model, {"n_layer": 2, "n_head": 2, "n_embd": 8}, 16) == 480 + 3072
+
+
+def test_measured_beside_predicted(smoke_run):
+    """Every measured eager and cuda time of the ops the static model covers has the model's
+    prediction beside it (a smoke run predicts for an A100 and says its ratios mean nothing);
+    the run records and prints what backend=None takes for each op."""
+    _, out = smoke_run
+    data = json.loads((out / "results.json").read_text())
+    covered = [r for r in data["results"] if r["provider"] in ("cuda", "eager") and r["op"] != "gpt2_train_step"]
+    assert covered
+    for r in covered:
+        assert r["predicted_for"] == "A100 SXM4 80GB" and r["predicted_ms"] > 0, r
+        assert r["measured_over_predicted"] == pytest.approx(r["ms"] / r["predicted_ms"])
+    text = (out / "summary.md").read_text()
+    assert "## Measured against predicted" in text and "the ratios mean nothing" in text
+    defaults = data["meta"]["default_backends"]
+    assert set(defaults) == set(bench.DEFAULT_BACKEND_OPS) and all(b == "eager" for b, _ in defaults.values())
+    assert "## backend=None" in text and "| layer_norm | eager | CPU tensors: eager |" in text

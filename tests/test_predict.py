@@ -20,7 +20,7 @@ M = B * pr.T
 
 @pytest.fixture(scope="module")
 def calls():
-    return pr.record_step(GPT2)
+    return pr.record_step(GPT2.shapes)
 
 
 def by(calls, op, phase):
@@ -70,14 +70,14 @@ def test_report_name():
 
 def test_eager_model_hand_computed():
     attention = 4 * B * H * pr.T * (pr.T + 1) / 2 * D
-    assert pr.eager_seconds("attention", "forward", GPT2, A100) == pytest.approx(attention / (312e12 * 0.45))
-    assert pr.eager_seconds("attention", "backward", GPT2, H100) == pytest.approx(2.5 * attention / (989e12 * 0.15))
+    assert pr.eager_seconds("attention", "forward", GPT2.shapes, A100) == pytest.approx(attention / (312e12 * 0.45))
+    assert pr.eager_seconds("attention", "backward", GPT2.shapes, H100) == pytest.approx(2.5 * attention / (989e12 * 0.15))
     act = M * C * 2
     bandwidth = 2.039e12 * 0.8
-    assert pr.eager_seconds("layernorm", "forward", GPT2, A100) == pytest.approx(
+    assert pr.eager_seconds("layernorm", "forward", GPT2.shapes, A100) == pytest.approx(
         (3 * act + 2 * act + 2 * M * 4) / bandwidth)
     gemm = 2 * M * 4 * C * C / (312e12 * 0.75)
-    assert pr.eager_seconds("mlp", "forward", GPT2, A100) == pytest.approx(2 * gemm + 8 * act / bandwidth)
+    assert pr.eager_seconds("mlp", "forward", GPT2.shapes, A100) == pytest.approx(2 * gemm + 8 * act / bandwidth)
 
 
 def fake_rows(calls, archs=("sm_80", "sm_90a")):
@@ -118,7 +118,7 @@ def test_every_launch_is_in_the_kernel_report(calls):
     registers and main-loop figures come from the compiled kernel, not a guess."""
     rows = pr.cuda_rows(("sm_80", "sm_90a"))
     for gpu in (A100, H100):
-        launches = pr.predict_launches(calls, rows, gpu, GPT2)
+        launches = pr.predict_launches(calls, rows, gpu, GPT2.name)
         missing = {lp.kernel for lp in launches if lp.notes}
         assert not missing, missing
         assert all(lp.registers and lp.ctas_per_sm >= 1 for lp in launches)
@@ -127,7 +127,7 @@ def test_every_launch_is_in_the_kernel_report(calls):
 def test_bank_conflicts_of_the_attention_kernels():
     """The harness runs two blocks of each launch at GPT-2's shapes and counts every ldmatrix and
     cp.async request: the attention kernels' are conflict-free (their tiles are swizzled)."""
-    conflicts = pr.record_banks(GPT2, ops=("attention",))
+    conflicts = pr.record_banks(GPT2.shapes, ops=("attention",))
     assert len(conflicts) == 3, conflicts
     for kernel, degrees in conflicts.items():
         assert set(degrees) == {"ldmatrix", "ldmatrix.trans", "cp.async"}, kernel

@@ -7,8 +7,14 @@ normal init) and the end-to-end GPT-2 training step, then writes into DIR:
     results.csv     one row per op, shape, provider and mode (skipped and failed ones too, with why)
     results.json    the same with metadata: GPU, driver, CUDA, torch, triton, package version,
                     git commit, date, measured and datasheet peaks, settings
-    summary.md      one markdown table per op, then what was skipped and why
+    summary.md      one markdown table per op, measured against predicted time, then what was
+                    skipped and why
     plots/<op>.png  TFLOP/s or GB/s against size, one line per provider, the roofline drawn in
+
+Beside each measured time of eager and of our CUDA kernels is the static model's prediction for
+the same shape on this GPU (tools/predict.py; "predicted_ms", and "measured_over_predicted": the
+first GPU run calibrates the model). A smoke run predicts for an A100, and says so. Before the
+cases, the run prints which backend `backend=None` takes for each op here, and why.
 
 Every provider is validated against eager PyTorch before it is timed; a missing peer or a
 failing provider is reported (skipped / error / invalid), never fatal. The exit status is 1
@@ -33,6 +39,7 @@ import traceback
 from pathlib import Path
 
 from benchmarks import common, roofline
+from benchmarks.gpus import GPUS, lookup
 from tools import progress
 
 # op -> the benchmark module that measures it
@@ -138,6 +145,49 @@ def _free_memory():
         torch.cuda.empty_cache()
 
 
+# The GPU a smoke run's predictions are for (it has none of its own).
+SMOKE_PREDICTION_GPU = "A100-SXM-80GB"
+# The public op each benchmark times, for backend=None's choice.
+DEFAULT_BACKEND_OPS = {"layer_norm": "layer_norm", "add_layer_norm": "add_layer_norm",
+                       "causal_attention": "causal_attention", "gelu_mlp": "gelu_mlp", "normal_init": "normal_init_"}
+
+
+def default_backends(ops, device) -> dict:
+    """{op: (backend, why)}: what backend=None resolves to for each benchmarked op on `device`."""
+    from nanogpt_kernels import _backend
+    return {op: _backend.explain_default(DEFAULT_BACKEND_OPS[op], device) for op in ops if op in DEFAULT_BACKEND_OPS}
+
+
+def add_predictions(records, gpu_name: str | None, smoke: bool) -> str | None:
+    """Adds the static model's prediction (predicted_ms, predicted_for, measured_over_predicted)
+    to each measured record of eager and cuda on the ops it models; returns why there are none,
+    or None. The kernel report it reads compiles the CUDA kernels the first time (nvcc needed)."""
+    from tools import predict
+
+    gpu = GPUS[SMOKE_PREDICTION_GPU] if smoke else lookup(gpu_name)
+    if gpu is None:
+        return f"no prediction: {gpu_name} is not in benchmarks/gpus.py"
+    try:
+        rows = predict.cuda_rows(("sm_80", "sm_90a"))
+    except Exception as e:  # no nvcc here: the launches are still predicted, from shapes alone
+        rows, why = {}, f"kernel report unavailable ({common.short(e)}): predictions without registers or main loops"
+    else:
+        why = None
+    cache = {}
+    for r in records:
+        if r["status"] != "ok" or r["op"] not in predict.BENCH_OPS or r["provider"] not in ("cuda", "eager"):
+            continue
+        key = (r["op"], r["shape"])
+        if key not in cache:
+            cache[key] = predict.predict_bench(r["op"], r, gpu, rows)
+        seconds = cache[key][r["provider"]].get(r["mode"])
+        if seconds:
+            r["predicted_ms"] = seconds * 1e3
+            r["predicted_for"] = gpu.name
+            r["measured_over_predicted"] = r["ms"] / r["predicted_ms"]
+    return why
+
+
 # -- outputs -------------------------------------------------------------------------------------
 
 def write_csv(path: Path, records, columns) -> None:
@@ -208,6 +258,24 @@ def summary_markdown(meta, records) -> str:
                 mine = at.get((provider, speedup_mode))
                 speedup = f"{base['ms'] / mine['ms']:.2f}x" if base and mine else "-"
                 lines.append(f"| {shape} | {provider} | " + " | ".join(cells) + f" | {speedup} |")
+        lines.append("")
+    predicted = [r for r in ok if r.get("predicted_ms")]
+    if predicted:
+        gpus = sorted({r["predicted_for"] for r in predicted})
+        lines += ["## Measured against predicted", "",
+                  f"The static model's prediction (tools/predict.py) for {', '.join(gpus)}"
+                  + (" (a smoke run has no GPU: the ratios mean nothing)" if meta["smoke"] else "")
+                  + "; measured / predicted above 1 means slower than predicted.", "",
+                  "| op | shape | provider | mode | measured | predicted | measured / predicted |",
+                  "| --- | --- | --- | --- | ---: | ---: | ---: |"]
+        for r in predicted:
+            lines.append(f"| {r['op']} | {r['shape']} | {r['provider']} | {r['mode']} | {r['ms']:.4g} ms | "
+                         f"{r['predicted_ms']:.4g} ms | {r['measured_over_predicted']:.2f} |")
+        lines.append("")
+    defaults = meta.get("default_backends") or {}
+    if defaults:
+        lines += ["## backend=None", "", "| op | backend | why |", "| --- | --- | --- |"]
+        lines += [f"| {op} | {b} | {why.replace('|', '/')} |" for op, (b, why) in defaults.items()]
         lines.append("")
     not_ok = [r for r in records if r["status"] != "ok"]
     if not_ok:
@@ -356,9 +424,16 @@ def main(argv=None) -> int:
     settings.peaks = roofline.measure_peaks(settings.device, quick=args.quick)
     print(f"peaks: {settings.peaks['bandwidth'] / 1e9:.1f} GB/s, {settings.peaks['flops'] / 1e12:.2f} TFLOP/s "
           f"({settings.peaks['source']})", flush=True)
+    defaults = default_backends(args.ops, settings.device)
+    for op, (backend, why) in defaults.items():
+        print(f"backend=None for {op}: {backend} ({why})", flush=True)
     records = run_suite(args.ops, settings)
 
     meta = common.metadata(settings)
+    meta["default_backends"] = defaults
+    why = add_predictions(records, meta["gpu"], meta["smoke"])
+    if why:
+        print(why, file=sys.stderr)
     meta["datasheet_peaks"] = roofline.datasheet_peaks(meta["gpu"])
     meta["ops"] = args.ops
     meta["argv"] = list(sys.argv if argv is None else argv)

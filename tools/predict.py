@@ -63,6 +63,28 @@ VOCAB = 50304
 
 
 @dataclass(frozen=True)
+class Shapes:
+    """What one layer's ops run on: `batch` sequences of `seq` tokens of `hidden` features,
+    `heads` attention heads, an MLP of `mlp_hidden` (4 x hidden in GPT-2), LayerNorm with the
+    residual add before it (add_layer_norm) or without, and the tensors normal_init_ fills."""
+    batch: int
+    seq: int
+    hidden: int
+    heads: int = 1
+    mlp_hidden: int = 0
+    residual: bool = True
+    init: tuple = ()
+
+    @property
+    def rows(self) -> int:
+        return self.batch * self.seq
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+
+@dataclass(frozen=True)
 class Model:
     name: str
     n_layer: int
@@ -73,6 +95,10 @@ class Model:
     @property
     def tokens(self) -> int:
         return self.batch * T
+
+    @property
+    def shapes(self) -> Shapes:
+        return Shapes(self.batch, T, self.n_embd, self.n_head, 4 * self.n_embd, True, tuple(init_shapes(self)))
 
 
 MODELS = {
@@ -173,14 +199,14 @@ def recording(phase_of):
         ext.harness_instruments()
 
 
-def _exercise(model: Model, ops, phase) -> None:
-    """Runs one layer's ops, forward and backward, with backend "cuda" on CPU tensors at the
-    model's shapes (their contents do not matter: the harness either records the launches without
-    running them or runs a sample of their blocks); "init" is the whole model's normal_init_.
-    `phase(op, "forward" | "backward")` is called before each part."""
+def _exercise(shapes: Shapes, ops, phase) -> None:
+    """Runs one layer's ops, forward and backward, with backend "cuda" on CPU tensors of `shapes`
+    (their contents do not matter: the harness either records the launches without running them
+    or runs a sample of their blocks); "init" fills shapes.init. `phase(op, "forward" |
+    "backward")` is called before each part."""
     import nanogpt_kernels as nk
 
-    M, C, H = model.tokens, model.n_embd, model.n_head
+    M, C, H = shapes.rows, shapes.hidden, shapes.heads
 
     def leaf(*shape):
         return torch.zeros(*shape, dtype=DTYPE).requires_grad_()
@@ -194,28 +220,32 @@ def _exercise(model: Model, ops, phase) -> None:
 
     if "layernorm" in ops:
         x, r, w, b = leaf(M, C), leaf(M, C), leaf(C), leaf(C)
-        run("layernorm", lambda: nk.add_layer_norm(x, r, w, b, backend="cuda"))
+        if shapes.residual:
+            run("layernorm", lambda: nk.add_layer_norm(x, r, w, b, backend="cuda"))
+        else:
+            run("layernorm", lambda: nk.layer_norm(x, w, b, backend="cuda"))
     if "attention" in ops:
-        q, k, v = (leaf(model.batch, H, T, C // H) for _ in range(3))
+        q, k, v = (leaf(shapes.batch, H, shapes.seq, shapes.head_dim) for _ in range(3))
         run("attention", lambda: nk.causal_attention(q, k, v, backend="cuda"))
     if "mlp" in ops:
-        x, w1, b1, w2, b2 = leaf(M, C), leaf(4 * C, C), leaf(4 * C), leaf(C, 4 * C), leaf(C)
+        F = shapes.mlp_hidden
+        x, w1, b1, w2, b2 = leaf(M, C), leaf(F, C), leaf(F), leaf(C, F), leaf(C)
         run("mlp", lambda: nk.gelu_mlp(x, w1, b1, w2, b2, backend="cuda"))
-    if "init" in ops:
+    if "init" in ops and shapes.init:
         phase("init", "forward")
-        params = [torch.empty(s, dtype=torch.float32) for s in init_shapes(model)]
+        params = [torch.empty(s, dtype=torch.float32) for s in shapes.init]
         nk.normal_init_(params, [0.02] * len(params), seed=0, backend="cuda")
 
 
-def record_step(model: Model, ops=OPS) -> list[Call]:
-    """The C++ op calls, with their launches, of one layer's ops at the model's shapes."""
+def record_step(shapes: Shapes, ops=OPS) -> list[Call]:
+    """The C++ op calls, with their launches, of one layer's ops at `shapes`."""
     current = ["", ""]
 
     def phase(op, name):
         current[:] = [op, name]
 
     with recording(lambda: tuple(current)) as calls:
-        _exercise(model, ops, phase)
+        _exercise(shapes, ops, phase)
     return calls
 
 
@@ -224,14 +254,14 @@ def record_step(model: Model, ops=OPS) -> list[Call]:
 BANK_SAMPLE_BLOCKS = 2
 
 
-def record_banks(model: Model, ops=OPS) -> dict:
+def record_banks(shapes: Shapes, ops=OPS) -> dict:
     """{kernel (report name): {instruction: conflict degree, wavefronts over the ideal}} of the
-    ldmatrix and cp.async requests of the first blocks of every launch at the model's shapes."""
+    ldmatrix and cp.async requests of the first blocks of every launch at `shapes`."""
     from nanogpt_kernels import _backend
     ext = _backend.load_extension()
     ext.harness_instruments(banks=True, sample_blocks=BANK_SAMPLE_BLOCKS)
     try:
-        _exercise(model, [op for op in ops if op != "init"], lambda op, phase: None)
+        _exercise(shapes, [op for op in ops if op != "init"], lambda op, phase: None)
         shared = json.loads(ext.harness_records())["shared"]
     finally:
         ext.harness_instruments()
@@ -369,7 +399,7 @@ def wide_access_share(row) -> float | None:
     return 16 * wide / (16 * wide + 4 * narrow) if wide + narrow else None
 
 
-def predict_launches(calls: list[Call], rows: dict, gpu: GPU, model: Model, banks: dict | None = None) -> list[LaunchPrediction]:
+def predict_launches(calls: list[Call], rows: dict, gpu: GPU, label: str, banks: dict | None = None) -> list[LaunchPrediction]:
     from tools.kernels import occupancy
 
     out = []
@@ -393,7 +423,7 @@ def predict_launches(calls: list[Call], rows: dict, gpu: GPU, model: Model, bank
                                          in_flight_per_cta=flight), gpu)
             seconds = max(p.seconds, MIN_LAUNCH_S)
             out.append(LaunchPrediction(
-                model=model.name, op=call.op, phase=call.phase, call=call.name, kernel=name, arch=gpu.arch,
+                model=label, op=call.op, phase=call.phase, call=call.name, kernel=name, arch=gpu.arch,
                 gpu=gpu.name, grid=launch["grid"], block=launch["block"], ctas=ctas, threads=threads,
                 registers=row.registers if row else None, shared_bytes=smem, ctas_per_sm=occ["blocks_per_sm"],
                 occupancy_limiter=occ["limiter"], wave_efficiency=p.wave_efficiency, flops=flops, bytes_moved=nbytes,
@@ -417,37 +447,40 @@ def _passes_s(nbytes: list[float], gpu: GPU) -> float:
     return sum(max(b / (gpu.dram_bandwidth * EAGER[gpu.arch]["memory"]), MIN_LAUNCH_S) for b in nbytes)
 
 
-def eager_seconds(op: str, phase: str, model: Model, gpu: GPU) -> float:
+def eager_seconds(op: str, phase: str, shapes: Shapes, gpu: GPU) -> float:
     """Eager PyTorch's time for one layer's op (nanoGPT's modules), from the fractions in EAGER.
 
-    layernorm  forward: the residual add (2 reads, 1 write), F.layer_norm (read, write, mean and
-               rstd); backward: layer_norm_backward's dx kernel (dy, x, stats in, dx out) and its
-               dgamma/dbeta kernel (dy, x again), the add's gradient sum (2 reads, 1 write)
+    layernorm  forward: the residual add (2 reads, 1 write) when there is one, F.layer_norm
+               (read, write, mean and rstd); backward: layer_norm_backward's dx kernel (dy, x,
+               stats in, dx out) and its dgamma/dbeta kernel (dy, x again), the add's gradient
+               sum (2 reads, 1 write)
     attention  SDPA (FlashAttention-2) at its fraction of peak, FLOPs of the causal half, the
                backward 2.5x the forward
     mlp        forward: two GEMMs (bias in cuBLASLt's epilogue), GELU (read, write the M x 4C
                activation); backward: four GEMMs, GELU's backward (2 reads, 1 write), the two
                bias gradients as column sums of dY and dA
     init       torch.nn.init.normal_ per weight matrix, one pass each"""
-    M, C, b = model.tokens, model.n_embd, DTYPE.itemsize
+    M, C, b = shapes.rows, shapes.hidden, DTYPE.itemsize
     act, stats = M * C * b, 2 * M * 4
+    add = [3 * act] if shapes.residual else []
     if op == "layernorm":
         if phase == "forward":
-            return _passes_s([3 * act, 2 * act + stats], gpu)
-        return _passes_s([3 * act + stats, 2 * act + stats, 3 * act], gpu)
+            return _passes_s(add + [2 * act + stats], gpu)
+        return _passes_s([3 * act + stats, 2 * act + stats] + add, gpu)
     if op == "attention":
-        B, H, D = model.batch, model.n_head, C // model.n_head
-        fwd = 4.0 * B * H * T * (T + 1) / 2 * D
+        B, H, D, t = shapes.batch, shapes.heads, shapes.head_dim, shapes.seq
+        fwd = 4.0 * B * H * t * (t + 1) / 2 * D
         flops = fwd if phase == "forward" else 2.5 * fwd
         return max(flops / (gpu.tensor_flops * EAGER[gpu.arch]["attention_fwd" if phase == "forward" else "attention_bwd"]), MIN_LAUNCH_S)
     if op == "mlp":
-        hidden = 4 * act
+        F = shapes.mlp_hidden
+        hidden = M * F * b
         if phase == "forward":
-            return 2 * _gemm_s(M, 4 * C, C, gpu) + _passes_s([2 * hidden], gpu)
-        return (4 * _gemm_s(M, 4 * C, C, gpu) + _passes_s([3 * hidden], gpu)
+            return 2 * _gemm_s(M, F, C, gpu) + _passes_s([2 * hidden], gpu)
+        return (4 * _gemm_s(M, F, C, gpu) + _passes_s([3 * hidden], gpu)
                 + _passes_s([act, hidden], gpu))
     if op == "init":
-        return _passes_s([math.prod(s) * 4 for s in init_shapes(model)], gpu) if phase == "forward" else 0.0
+        return _passes_s([math.prod(s) * 4 for s in shapes.init], gpu) if phase == "forward" else 0.0
     raise ValueError(f"op must be one of {OPS}, got {op!r}")
 
 
@@ -466,6 +499,41 @@ def shared_seconds(model: Model, gpu: GPU) -> dict:
         "embedding": _passes_s([2 * M * C * b, 2 * M * C * 4], gpu),
         "adamw": _passes_s([7 * 4 * params], gpu),
     }
+
+
+# -- the benchmarks' shapes -----------------------------------------------------------------------
+
+# The benchmark suite's ops (benchmarks/bench_*.py) and the op of this model each one times.
+BENCH_OPS = {"layer_norm": "layernorm", "add_layer_norm": "layernorm", "causal_attention": "attention",
+             "gelu_mlp": "mlp", "normal_init": "init"}
+
+
+def bench_shapes(op: str, shape: dict) -> Shapes:
+    """The Shapes of one benchmark case (its record's shape columns)."""
+    if op in ("layer_norm", "add_layer_norm"):
+        return Shapes(shape["rows"], 1, shape["hidden"], residual=op == "add_layer_norm")
+    if op == "causal_attention":
+        return Shapes(shape["B"], shape["T"], shape["H"] * shape["D"], shape["H"])
+    if op == "gelu_mlp":
+        return Shapes(shape["M"], 1, shape["C"], mlp_hidden=shape["H"])
+    if op == "normal_init":
+        return Shapes(1, 1, 1, init=((shape["params"],),))
+    raise ValueError(f"op must be one of {sorted(BENCH_OPS)}, got {op!r}")
+
+
+def predict_bench(op: str, shape: dict, gpu: GPU, rows: dict) -> dict:
+    """{"cuda": {mode: seconds}, "eager": {mode: seconds}} of one benchmark case on `gpu`, modes
+    as the benchmarks name them (fwd, bwd, fwd+bwd)."""
+    shapes = bench_shapes(op, shape)
+    calls = record_step(shapes, (BENCH_OPS[op],))
+    ops = predict_ops(calls, predict_launches(calls, rows, gpu, op), shapes, op, gpu)
+    out = {"cuda": {}, "eager": {}}
+    for o in ops:
+        mode = "fwd" if o.phase == "forward" else "bwd"
+        out["cuda"][mode], out["eager"][mode] = o.ours_s, o.eager_s
+    for side in out.values():
+        side["fwd+bwd"] = sum(side.values())
+    return out
 
 
 # -- the report ------------------------------------------------------------------------------
@@ -494,7 +562,8 @@ class OpPrediction:
         return self.roofline_s / self.ours_s if self.ours_s else 0.0
 
 
-def predict_ops(calls: list[Call], launches: list[LaunchPrediction], model: Model, gpu: GPU) -> list[OpPrediction]:
+def predict_ops(calls: list[Call], launches: list[LaunchPrediction], shapes: Shapes, label: str,
+                gpu: GPU) -> list[OpPrediction]:
     out = []
     for op in dict.fromkeys(c.op for c in calls):
         for phase in PHASES:
@@ -505,8 +574,8 @@ def predict_ops(calls: list[Call], launches: list[LaunchPrediction], model: Mode
             flops = sum(lp.flops for lp in mine)
             ideal = sum(ideal_bytes(c) for c in op_calls)
             out.append(OpPrediction(
-                model=model.name, gpu=gpu.name, op=op, phase=phase, ours_s=sum(lp.seconds for lp in mine),
-                eager_s=eager_seconds(op, phase, model, gpu), launches=len(mine), ideal_bytes=ideal,
+                model=label, gpu=gpu.name, op=op, phase=phase, ours_s=sum(lp.seconds for lp in mine),
+                eager_s=eager_seconds(op, phase, shapes, gpu), launches=len(mine), ideal_bytes=ideal,
                 bytes_moved=sum(lp.bytes_moved for lp in mine), flops=flops,
                 roofline_s=max(flops / gpu.tensor_flops, ideal / gpu.dram_bandwidth),
                 wave_efficiency=sum(lp.wave_efficiency * lp.seconds for lp in mine) / sum(lp.seconds for lp in mine)))
@@ -541,14 +610,14 @@ def predict(models=("gpt2", "gpt2-medium"), gpus=DEFAULT_GPUS, ops=OPS, rows=Non
     out = {"launches": [], "calls": [], "ops": [], "steps": []}
     for key in models:
         model = MODELS[key]
-        calls = record_step(model, ops)
+        calls = record_step(model.shapes, ops)
         out["calls"] += [{"model": model.name, "op": c.op, "phase": c.phase, "call": c.name,
                           "flops": sum(f for f, _ in work(c)), "bytes_moved": sum(b for _, b in work(c)),
                           "ideal_bytes": ideal_bytes(c)} for c in calls]
-        conflicts = record_banks(model, ops) if banks else None
+        conflicts = record_banks(model.shapes, ops) if banks else None
         for gpu in gpus:
-            launches = predict_launches(calls, rows, gpu, model, conflicts)
-            op_predictions = predict_ops(calls, launches, model, gpu)
+            launches = predict_launches(calls, rows, gpu, model.name, conflicts)
+            op_predictions = predict_ops(calls, launches, model.shapes, model.name, gpu)
             out["launches"] += launches
             out["ops"] += op_predictions
             out["steps"].append(predict_step(op_predictions, model, gpu))
