@@ -10,14 +10,18 @@
 #              device="cuda"); the CPU, interpreter and harness tests are CI's, which has no GPU
 # 4. kernels   the kernel resource report of the CUDA kernels (python -m tools kernels --no-triton;
 #              CI runs the whole report, Triton included, since it needs no GPU)
-# 5. bench     the benchmark suite (--quick unless --full): CSV, JSON, summary.md, plots
+# 5. bench     the benchmark suite (--quick unless --full): CSV, JSON, summary.md, plots, and
+#              beside each measured time the static model's prediction for this GPU
+# 6. readme    README.md's performance section regenerated from this run (python -m tools readme)
 #
 # Python: the venv ./dev.sh made, if there is one; else this machine's python3 when it holds
 # torch (a GPU image with no network: nothing is installed, the build uses its torch); else
 # ./dev.sh sets up a venv first. The Triton version check is waived (the image's Triton is what
 # there is; SUMMARY.md records its version, and `check` says whether our kernels agree there).
 #
-# Every step runs even when an earlier one fails; everything lands in one folder:
+# Every step runs even when an earlier one fails; everything lands in one folder, by default
+# benchmarks/results/<gpu>-<date>/ (commit it: the README's performance section is generated from
+# the latest one):
 #   REPORT_DIR/SUMMARY.md      GPU, versions, each step's result and time, the benchmark summary
 #   REPORT_DIR/logs/*.log      each step's full output
 #   REPORT_DIR/tests.xml       the test results (JUnit XML)
@@ -30,7 +34,11 @@ cd "$(dirname "$0")/.."
 
 QUICK=--quick
 if [ "${1:-}" = "--full" ]; then QUICK=; shift; fi
-OUT="${1:-validation-$(date -u +%Y%m%d-%H%M%S)}"
+gpu_slug() {  # "NVIDIA H200" -> h200, "NVIDIA A100-SXM4-80GB" -> a100-sxm4-80gb
+  nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 | sed -e 's/^NVIDIA //' |
+    tr '[:upper:] ' '[:lower:]-' | tr -cd 'a-z0-9-'
+}
+OUT="${1:-benchmarks/results/$(gpu_slug || true)-$(date -u +%Y-%m-%d)}"
 mkdir -p "$OUT/logs"
 OUT="$(cd "$OUT" && pwd)"
 VENV="${VENV:-.venv}"
@@ -67,11 +75,12 @@ step() {  # step NAME TIMEOUT_S COMMAND...: runs it, logs it, records result and
 started=$(date +%s)
 # The limits (8 minutes together with --quick) are estimates for 16 cores and an H200, to be
 # replaced by the first run's times.
-step build 150 "$PY" setup.py -q build_ext --inplace
-step check 60 "$PY" -m nanogpt_kernels check
+step build 140 "$PY" setup.py -q build_ext --inplace
+step check 50 "$PY" -m nanogpt_kernels check
 step tests 90 "$PY" -m pytest tests --gpu-only -q -p no:cacheprovider --durations=20 --junitxml="$OUT/tests.xml"
 step kernels 60 "$PY" -m tools kernels --no-triton --json "$OUT/kernels.json"
 step bench "$([ -n "$QUICK" ] && echo 120 || echo 1800)" "$PY" -m tools bench $QUICK --out "$OUT/bench"
+step readme 20 "$PY" -m tools readme
 
 {
   echo "# GPU validation: $(date -u +%Y-%m-%dT%H:%M:%SZ)"

@@ -1,4 +1,4 @@
-"""Contributor tools, run from the source checkout: `python -m tools bench | kernels | predict`."""
+"""Contributor tools, run from the source checkout: `python -m tools bench | kernels | predict | readme`."""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +14,9 @@ COMMANDS = {
     "predict": ("tools.predict", "predict each op's and a GPT-2 training step's time on A100/H100/H200 from the "
                                  "kernel report and the launches at GPT-2's shapes, against eager PyTorch; "
                                  "check the launch, call and op budgets"),
+    "readme": ("tools.readme", "regenerate README.md's performance section from the latest GPU run under "
+                               "benchmarks/results/, or from the predictions until there is one (--check: fail "
+                               "when it is out of date)"),
 }
 
 
