@@ -68,7 +68,9 @@ void check_vector(const at::Tensor& t, const char* name, const at::Tensor& x, co
 
 struct Exec {
   void* stream = nullptr;
-  int sm_count = 4;  // on the CPU only the team count of the backward depends on it
+  // On the CPU only the team count of the LayerNorm backward depends on it; the performance
+  // model's dry runs set the SM count of the GPU they predict (nk_instruments::sm_count).
+  int sm_count = 4;
   bool cuda = false;
 };
 
@@ -85,6 +87,7 @@ Exec exec_for(const at::Tensor& x) {
 #endif
   } else {
     TORCH_CHECK(x.is_cpu(), "expected CPU or CUDA tensors, got ", x.device());
+    if (nk_instruments::sm_count() > 0) e.sm_count = nk_instruments::sm_count();
   }
   return e;
 }
@@ -467,13 +470,17 @@ TORCH_LIBRARY_IMPL(nanogpt_kernels, CUDA, m) {
 // The CPU harness's instruments, for the performance model (tools/perf.py): which launches
 // the kernels of a call make, and the bank conflicts of their shared-memory requests.
 static PyObject* harness_instruments(PyObject*, PyObject* args, PyObject* kwargs) {
-  static const char* names[] = {"launches", "dry_run", "banks", "sample_blocks", nullptr};
-  int launches = 0, dry_run = 0, banks = 0;
+  static const char* names[] = {"launches", "dry_run", "banks", "sample_blocks", "sm_count", nullptr};
+  int launches = 0, dry_run = 0, banks = 0, sm_count = 0;
   unsigned sample_blocks = 0;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|pppI:harness_instruments", const_cast<char**>(names), &launches,
-                                   &dry_run, &banks, &sample_blocks))
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|pppIi:harness_instruments", const_cast<char**>(names), &launches,
+                                   &dry_run, &banks, &sample_blocks, &sm_count))
     return nullptr;
-  nk_instruments::configure(launches, dry_run, banks, sample_blocks);
+  if (sm_count < 0) {
+    PyErr_Format(PyExc_ValueError, "harness_instruments: sm_count must be >= 0 (0: the CPU default), got %d", sm_count);
+    return nullptr;
+  }
+  nk_instruments::configure(launches, dry_run, banks, sample_blocks, sm_count);
   Py_RETURN_NONE;
 }
 
@@ -485,9 +492,10 @@ static PyObject* harness_records(PyObject*, PyObject*) {
 static PyMethodDef methods[] = {
     {"harness_instruments", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(harness_instruments)),
      METH_VARARGS | METH_KEYWORDS,
-     "harness_instruments(launches=False, dry_run=False, banks=False, sample_blocks=0): on CPU tensors, from now "
-     "on record each launch's configuration, skip running the kernels (dry_run), count shared-memory wavefronts "
-     "(banks), run only the first sample_blocks blocks of each launch (0: all); clears the records"},
+     "harness_instruments(launches=False, dry_run=False, banks=False, sample_blocks=0, sm_count=0): on CPU "
+     "tensors, from now on record each launch's configuration, skip running the kernels (dry_run), count "
+     "shared-memory wavefronts (banks), run only the first sample_blocks blocks of each launch (0: all), size "
+     "grids for a GPU of sm_count SMs (0: the CPU default); clears the records"},
     {"harness_records", harness_records, METH_NOARGS,
      "harness_records() -> str: the JSON of the launches and shared-memory requests recorded since "
      "harness_instruments()"},

@@ -79,7 +79,7 @@ step build 140 "$PY" setup.py -q build_ext --inplace
 step check 50 "$PY" -m nanogpt_kernels check
 step tests 90 "$PY" -m pytest tests --gpu-only -q -p no:cacheprovider --durations=20 --junitxml="$OUT/tests.xml"
 step kernels 60 "$PY" -m tools kernels --no-triton --json "$OUT/kernels.json"
-step bench "$([ -n "$QUICK" ] && echo 120 || echo 1800)" "$PY" -m tools bench $QUICK --out "$OUT/bench"
+step bench "$([ -n "$QUICK" ] && echo 120 || echo 1800)" "$PY" -m tools bench $QUICK --kernel-report "$OUT/kernels.json" --out "$OUT/bench"
 step readme 20 "$PY" -m tools readme
 
 {

@@ -87,3 +87,11 @@ def test_too_few_bytes_in_flight_is_latency_bound():
     many = perf.predict(perf.Launch(bytes_moved=nbytes, ideal_bytes=nbytes, ctas=3072, ctas_per_sm=4,
                                     in_flight_per_cta=64 * 1024), A100)
     assert many.limiter == "dram" and many.seconds == pytest.approx(nbytes / 2.039e12)
+
+
+def test_a_chain_of_dependent_round_trips_is_serial_bound():
+    """4224 partial rows summed 4 per dependent step: 1056 DRAM latencies, 739 us, however few
+    bytes (the LayerNorm backward's reduction on an H100 before issue 14)."""
+    p = perf.predict(perf.Launch(bytes_moved=1e6, ideal_bytes=3e3, ctas=3, ctas_per_sm=8, serial_round_trips=1056),
+                     H100)
+    assert p.limiter == "serial" and p.seconds == pytest.approx(1056 * 700e-9)

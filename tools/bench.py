@@ -158,18 +158,20 @@ def default_backends(ops, device) -> dict:
     return {op: _backend.explain_default(DEFAULT_BACKEND_OPS[op], device) for op in ops if op in DEFAULT_BACKEND_OPS}
 
 
-def add_predictions(records, gpu_name: str | None, smoke: bool) -> str | None:
+def add_predictions(records, gpu_name: str | None, smoke: bool, kernel_report: str | None = None) -> str | None:
     """Adds the static model's prediction (predicted_ms, predicted_for, measured_over_predicted)
     to each measured record of eager and cuda on the ops it models; returns why there are none,
-    or None. The kernel report it reads compiles the CUDA kernels the first time (nvcc needed)."""
+    or None. It reads the kernel report `kernel_report` (JSON of `python -m tools kernels`), or
+    else compiles the CUDA kernels for it (from the compile cache after the first time; nvcc
+    needed)."""
     from tools import predict
 
     gpu = GPUS[SMOKE_PREDICTION_GPU] if smoke else lookup(gpu_name)
     if gpu is None:
         return f"no prediction: {gpu_name} is not in benchmarks/gpus.py"
     try:
-        rows = predict.cuda_rows(("sm_80", "sm_90a"))
-    except Exception as e:  # no nvcc here: the launches are still predicted, from shapes alone
+        rows = predict.rows_from_report(kernel_report) if kernel_report else predict.cuda_rows(("sm_80", "sm_90a"))
+    except Exception as e:  # no nvcc or no report: the launches are still predicted, from shapes alone
         rows, why = {}, f"kernel report unavailable ({common.short(e)}): predictions without registers or main loops"
     else:
         why = None
@@ -400,6 +402,9 @@ def parse_args(argv):
                                                         "CPU providers: it checks the suite, not speed)")
     p.add_argument("--out", default=None, help="report folder (default: bench-results/<UTC date and time>)")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--kernel-report", default=None, metavar="PATH",
+                   help="the JSON of `python -m tools kernels` the predictions read (default: compile the CUDA "
+                        "kernels, or take them from the compile cache)")
     p.add_argument("--reps", type=int, default=None, help="ms of timing per measurement on a GPU "
                                                           "(default 100, 30 with --quick)")
     args = p.parse_args(argv)
@@ -431,7 +436,7 @@ def main(argv=None) -> int:
 
     meta = common.metadata(settings)
     meta["default_backends"] = defaults
-    why = add_predictions(records, meta["gpu"], meta["smoke"])
+    why = add_predictions(records, meta["gpu"], meta["smoke"], args.kernel_report)
     if why:
         print(why, file=sys.stderr)
     meta["datasheet_peaks"] = roofline.datasheet_peaks(meta["gpu"])

@@ -453,8 +453,11 @@ def _check_archs(archs) -> None:
 # -- CUDA ------------------------------------------------------------------------------------------
 
 def _headers_digest(folder: Path) -> str:
-    """Every header a source in `folder` can include from there (csrc/*.h, *.cuh, harness/, ...)."""
-    headers = sorted(p for p in folder.rglob("*") if p.suffix in (".h", ".cuh", ".hpp", ".inc") and p.is_file())
+    """Every header a source in `folder` can include from there under nvcc (csrc/*.h, *.cuh, ...).
+    The CPU harness's folder is left out: its headers are included only where __CUDACC__ is not
+    defined, so they never change what nvcc compiles (and change often)."""
+    headers = sorted(p for p in folder.rglob("*") if p.suffix in (".h", ".cuh", ".hpp", ".inc") and p.is_file()
+                     and p.relative_to(folder).parts[0] != "harness")
     return hashlib.sha256(repr([(str(p.relative_to(folder)), _sha256(p)) for p in headers]).encode()).hexdigest()
 
 

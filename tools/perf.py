@@ -23,6 +23,9 @@ on both parts from the Ampere and Hopper microbenchmark papers, Jia et al. 2021 
 (resident CTAs x bytes in flight) / latency of bandwidth, and is "latency"-bound when that is
 less than the DRAM's: a grid of 32 CTAs cannot stream at the bandwidth of 108 SMs. Its DRAM time
 is then not divided by the wave efficiency again (the resident CTAs already count the idle SMs).
+A launch whose threads wait through a chain of dependent global round trips (a loop over rows
+whose next load waits for the last one's result: a read-modify-write, a serial reduction) takes
+at least that many DRAM latencies: the "serial" bound.
 """
 from __future__ import annotations
 
@@ -61,12 +64,13 @@ class Launch:
     issue_per_mma: float | None = None  # from the main loop's SASS
     shared_bytes_per_mma: float | None = None
     in_flight_per_cta: float | None = None  # bytes of global loads one CTA keeps outstanding
+    serial_round_trips: float = 0.0  # the longest chain of dependent global round trips of a thread
 
 
 @dataclass
 class Prediction:
     seconds: float
-    limiter: str  # "tensor", "issue", "shared", "dram", "latency" or "none"
+    limiter: str  # "tensor", "issue", "shared", "dram", "latency", "serial" or "none"
     bounds: dict  # resource -> seconds, before the wave efficiency
     wave_efficiency: float
     roofline_seconds: float
@@ -93,6 +97,7 @@ def predict(launch: Launch, gpu: GPU) -> Prediction:
         scaled["dram"] = launch.bytes_moved / bandwidth
         if bandwidth < gpu.dram_bandwidth:
             bounds["latency"], scaled["latency"] = scaled["dram"], scaled.pop("dram")
+    bounds["serial"] = scaled["serial"] = launch.serial_round_trips * DRAM_LATENCY_S
     limiter = max(scaled, key=scaled.get)
     seconds = scaled[limiter]
     roofline = max(launch.flops / gpu.tensor_flops, launch.ideal_bytes / gpu.dram_bandwidth)

@@ -111,6 +111,7 @@ DEFAULT_GPUS = ("A100-SXM-80GB", "H100-SXM", "H200-SXM")
 # The budgets hold the figures of these two: 108 and 132 SMs, sm_80 and sm_90a (an H200 has an
 # H100's SMs and a faster DRAM).
 BUDGET_GPUS = ("A100-SXM-80GB", "H100-SXM")
+BACKENDS = ("cuda", "triton")
 
 # Eager PyTorch, as fractions of the GPU's peaks (assumptions until measured; the first GPU run
 # calibrates them):
@@ -170,9 +171,10 @@ def _tensors(name: str, args, out) -> dict:
 
 
 @contextlib.contextmanager
-def recording(phase_of):
+def recording(phase_of, sm_count: int = 0):
     """Within the block, every C++ op call is recorded as a Call (its launches dry-run in the
-    harness, nothing computed); `phase_of()` names the (op, phase) the call belongs to."""
+    harness, nothing computed, grids sized for `sm_count` SMs where the launcher asks);
+    `phase_of()` names the (op, phase) the call belongs to."""
     from nanogpt_kernels import _backend
     ext = _backend.load_extension()
     calls = []
@@ -181,7 +183,7 @@ def recording(phase_of):
 
     def recorder(name, original):
         def call(*args):
-            ext.harness_instruments(dry_run=True)
+            ext.harness_instruments(dry_run=True, sm_count=sm_count)
             out = original(*args)
             launches = json.loads(ext.harness_records())["launches"]
             op, phase = phase_of()
@@ -237,14 +239,15 @@ def _exercise(shapes: Shapes, ops, phase) -> None:
         nk.normal_init_(params, [0.02] * len(params), seed=0, backend="cuda")
 
 
-def record_step(shapes: Shapes, ops=OPS) -> list[Call]:
-    """The C++ op calls, with their launches, of one layer's ops at `shapes`."""
+def record_step(shapes: Shapes, ops=OPS, sm_count: int = 0) -> list[Call]:
+    """The C++ op calls, with their launches, of one layer's ops at `shapes`, on a GPU of
+    `sm_count` SMs (0: the CPU's default, for launchers that size their grid by it)."""
     current = ["", ""]
 
     def phase(op, name):
         current[:] = [op, name]
 
-    with recording(lambda: tuple(current)) as calls:
+    with recording(lambda: tuple(current), sm_count) as calls:
         _exercise(shapes, ops, phase)
     return calls
 
@@ -293,38 +296,116 @@ def _causal_pairs(call: Call) -> tuple[int, int]:
     return B * H * t * (t + 1) // 2, D
 
 
-def work(call: Call) -> list[tuple[float, float]]:
-    """(FLOPs, DRAM bytes) of each launch of the call (module docstring)."""
+@dataclass
+class Work:
+    """What one launch does: tensor-core FLOPs; the bytes it moves to and from DRAM; the bytes its
+    own loads and stores request (DRAM plus what L1 and L2 serve: re-reads, read-modify-writes),
+    which the budgets hold against the ideal; and the longest chain of dependent global round
+    trips one thread waits through in sequence."""
+    flops: float = 0.0
+    dram_bytes: float = 0.0
+    global_bytes: float = 0.0
+    serial_round_trips: float = 0.0
+
+
+# The loops that sum a column over many rows of partials (layer_norm_bwd_reduce_kernel,
+# column_sum_final_kernel) issue this many rows' loads per iteration: nvcc unrolls them 4x
+# (tests/test_predict.py checks it in their SASS); each iteration waits for its loads.
+REDUCE_UNROLL = 4
+
+
+def _rows_per_team(call: Call, launch: dict) -> int:
+    """Rows each team (a blockDim.x-wide row of a block) of a LayerNorm kernel takes in turn."""
+    rows = call.tensors["mean"][0][0]
+    return math.ceil(rows / (launch["grid"][0] * launch["block"][1]))
+
+
+def _reduce_steps(call: Call, rows: int) -> int:
+    """Dependent steps of a kernel that sums `rows` rows of partials per column: the CUDA
+    reduce loops take REDUCE_UNROLL rows a step, the Triton ones a BLOCK_G-row tile."""
+    if call.launches[0].get("source") != "triton":
+        return math.ceil(rows / REDUCE_UNROLL)
+    from nanogpt_kernels.triton import layernorm, mlp
+    block = layernorm._REDUCE_BLOCK_G if call.name == "cuda_layer_norm_bwd" else mlp._COLSUM_BLOCK_M
+    return math.ceil(rows / block)
+
+
+def work(call: Call) -> list[Work]:
+    """The Work of each launch of the call (the module docstring's launch arithmetic), for the
+    CUDA kernels and for the Triton ones (tools/triton_launches.py names their calls alike)."""
     n = len(call.launches)
+    triton = bool(call.launches) and call.launches[0].get("source") == "triton"
+    if call.name == "cuda_layer_norm_fwd" and triton:
+        # One program per row holds it in registers: x (and the residual) read once, s and y
+        # written, weight and bias read per row; one round trip.
+        rows, C = call.tensors["mean"][0][0], call.tensors["weight"][0][0]
+        per_row = C * call.tensors["x"][1] * (1 + 2 + 1 + (2 if "residual" in call.tensors else 0)) + 8
+        return [Work(dram_bytes=_all(call), global_bytes=rows * per_row,
+                     serial_round_trips=_rows_per_team(call, call.launches[0]))]
+    if call.name == "cuda_layer_norm_fwd":
+        # Per row: x (and the residual, and s written) in a first pass, the normalised input
+        # read twice more (mean, variance, output passes: L1 and L2 hits), weight and bias,
+        # y written: three dependent round trips.
+        rows, C = call.tensors["mean"][0][0], call.tensors["weight"][0][0]
+        row = C * call.tensors["x"][1]
+        per_row = row * (1 + 2 + 2 + 1 + (2 if "residual" in call.tensors else 0)) + 8
+        return [Work(dram_bytes=_all(call), global_bytes=rows * per_row,
+                     serial_round_trips=3 * _rows_per_team(call, call.launches[0]))]
     if call.name == "cuda_layer_norm_bwd":
-        C = call.tensors["weight"][0][0]
-        partials = call.launches[0]["grid"][0] * 2 * C * 4
-        main = _size(call, "dy", "xs", "weight", "mean", "rstd", "ds", "dx") + partials
-        return [(0.0, main), (0.0, partials + _size(call, "dweight", "dbias"))][:n]
+        # Per row, twice: dy, xs and weight (the first pass for the row sums, the second for dx,
+        # with ds); and a read-modify-write of the team's fp32 partial rows of dweight and dbias.
+        # The reduce kernel sums those partials per column (_reduce_steps). Triton's programs
+        # (one team each) do the same; the partials torch.zeros clears first are not counted.
+        rows, C = call.tensors["mean"][0][0], call.tensors["weight"][0][0]
+        es = call.tensors["dy"][1]
+        teams = call.launches[0]["grid"][0] * call.launches[0]["block"][1]
+        partials = teams * 2 * C * 4
+        per_row = C * es * (3 + 4 + (1 if "ds" in call.tensors else 0)) + 4 * C * 4 + 8
+        main = Work(dram_bytes=_size(call, "dy", "xs", "weight", "mean", "rstd", "ds", "dx") + partials,
+                    global_bytes=rows * per_row + partials,
+                    serial_round_trips=2 * _rows_per_team(call, call.launches[0]))
+        reduce = Work(dram_bytes=partials + _size(call, "dweight", "dbias"),
+                      global_bytes=partials + _size(call, "dweight", "dbias"),
+                      serial_round_trips=_reduce_steps(call, teams))
+        return [main, reduce][:n]
     if call.name == "cuda_gemm":
         (M, K), (_, N) = call.tensors["a"][0], call.tensors["b"][0]
-        return [(2.0 * M * N * K, _all(call))]
+        return [Work(flops=2.0 * M * N * K, dram_bytes=_all(call), global_bytes=_all(call))]
     if call.name == "cuda_column_sum":
+        # The partial kernel sums a slice of rows per column (independent loads; CUDA: grid.y
+        # slices, Triton: a 1-D grid of slices x the final kernel's column blocks); the final
+        # kernel sums the slices' fp32 partials like the LayerNorm reduce.
         N = call.tensors["out"][0][0]
-        partials = call.launches[0]["grid"][1] * N * 4 if n > 1 else 0
-        return [(0.0, _size(call, "x") + partials), (0.0, partials + _size(call, "out"))][:n]
+        if n > 1:
+            slices = (call.launches[0]["grid"][0] // call.launches[1]["grid"][0] if triton
+                      else call.launches[0]["grid"][1])
+        else:
+            slices = 0
+        partials = slices * N * 4
+        x = _size(call, "x")
+        return [Work(dram_bytes=x + partials, global_bytes=x + partials),
+                Work(dram_bytes=partials + _size(call, "out"), global_bytes=partials + _size(call, "out"),
+                     serial_round_trips=_reduce_steps(call, slices))][:n]
     if call.name == "cuda_attention_fwd":
         pairs, D = _causal_pairs(call)
-        return [(2 * 2.0 * pairs * D, _all(call))]
+        return [Work(flops=2 * 2.0 * pairs * D, dram_bytes=_all(call), global_bytes=_all(call))]
     if call.name == "cuda_attention_bwd":
         pairs, D = _causal_pairs(call)
         delta = call.tensors["lse"][1] * math.prod(call.tensors["lse"][0])
         reads = _size(call, "q", "k", "v", "do", "lse") + delta
         out = []
         for launch in call.launches:
-            if "delta" in launch["kernel"]:
-                out.append((0.0, _size(call, "o", "do") + delta))
+            if "delta" in launch["kernel"] or "preprocess" in launch["kernel"]:
+                nbytes = _size(call, "o", "do") + delta
+                out.append(Work(dram_bytes=nbytes, global_bytes=nbytes))
             elif "dkdv" in launch["kernel"]:
-                out.append((4 * 2.0 * pairs * D, reads + _size(call, "dk", "dv")))
+                nbytes = reads + _size(call, "dk", "dv")
+                out.append(Work(flops=4 * 2.0 * pairs * D, dram_bytes=nbytes, global_bytes=nbytes))
             else:
-                out.append((3 * 2.0 * pairs * D, reads + _size(call, "dq")))
+                nbytes = reads + _size(call, "dq")
+                out.append(Work(flops=3 * 2.0 * pairs * D, dram_bytes=nbytes, global_bytes=nbytes))
         return out
-    return [(0.0, _all(call))] + [(0.0, 0.0)] * (n - 1)  # layer_norm_fwd, normal_init: one pass
+    return [Work(dram_bytes=_all(call), global_bytes=_all(call))] + [Work()] * (n - 1)  # normal_init: one pass
 
 
 def ideal_bytes(call: Call) -> int:
@@ -349,6 +430,7 @@ def report_name(kernel: str) -> str:
 @dataclass
 class LaunchPrediction:
     model: str
+    backend: str
     op: str
     phase: str
     call: str
@@ -365,7 +447,8 @@ class LaunchPrediction:
     occupancy_limiter: str
     wave_efficiency: float
     flops: float
-    bytes_moved: float
+    bytes_moved: float  # to and from DRAM
+    global_bytes: float  # the kernel's own loads and stores
     issue_per_mma: float | None
     shared_bytes_per_mma: float | None
     in_flight_per_sm: float | None  # bytes of global memory an SM's resident CTAs can have outstanding
@@ -404,12 +487,15 @@ def predict_launches(calls: list[Call], rows: dict, gpu: GPU, label: str, banks:
 
     out = []
     for call in calls:
-        for launch, (flops, nbytes) in zip(call.launches, work(call)):
-            name = report_name(launch["kernel"])
+        for launch, w in zip(call.launches, work(call)):
+            flops, nbytes = w.flops, w.dram_bytes
+            backend = launch.get("source", "cuda")
+            name = report_name(launch["kernel"]) if backend == "cuda" else launch["kernel"]
             row = rows.get((gpu.arch, name))
             threads = math.prod(launch["block"])
             ctas = math.prod(launch["grid"])
-            smem = launch["dynamic_smem"] + launch["static_smem"]
+            # The report's static shared memory (a Triton kernel's is all of it) and the launch's dynamic.
+            smem = launch["dynamic_smem"] + (row.shared_bytes or 0 if row else launch["static_smem"])
             notes = []
             if row is None:
                 notes.append(f"not in the kernel report for {gpu.arch}: registers unknown, occupancy from shared "
@@ -420,13 +506,14 @@ def predict_launches(calls: list[Call], rows: dict, gpu: GPU, label: str, banks:
                                          ctas_per_sm=occ["blocks_per_sm"],
                                          issue_per_mma=row.issue_per_mma if row else None,
                                          shared_bytes_per_mma=row.shared_bytes_per_mma if row else None,
-                                         in_flight_per_cta=flight), gpu)
+                                         in_flight_per_cta=flight, serial_round_trips=w.serial_round_trips), gpu)
             seconds = max(p.seconds, MIN_LAUNCH_S)
             out.append(LaunchPrediction(
-                model=label, op=call.op, phase=call.phase, call=call.name, kernel=name, arch=gpu.arch,
+                model=label, backend=backend, op=call.op, phase=call.phase, call=call.name, kernel=name, arch=gpu.arch,
                 gpu=gpu.name, grid=launch["grid"], block=launch["block"], ctas=ctas, threads=threads,
                 registers=row.registers if row else None, shared_bytes=smem, ctas_per_sm=occ["blocks_per_sm"],
                 occupancy_limiter=occ["limiter"], wave_efficiency=p.wave_efficiency, flops=flops, bytes_moved=nbytes,
+                global_bytes=w.global_bytes,
                 issue_per_mma=row.issue_per_mma if row else None,
                 shared_bytes_per_mma=row.shared_bytes_per_mma if row else None,
                 in_flight_per_sm=flight * occ["blocks_per_sm"] if flight is not None else None,
@@ -525,7 +612,7 @@ def predict_bench(op: str, shape: dict, gpu: GPU, rows: dict) -> dict:
     """{"cuda": {mode: seconds}, "eager": {mode: seconds}} of one benchmark case on `gpu`, modes
     as the benchmarks name them (fwd, bwd, fwd+bwd)."""
     shapes = bench_shapes(op, shape)
-    calls = record_step(shapes, (BENCH_OPS[op],))
+    calls = record_step(shapes, (BENCH_OPS[op],), sm_count=gpu.sms)
     ops = predict_ops(calls, predict_launches(calls, rows, gpu, op), shapes, op, gpu)
     out = {"cuda": {}, "eager": {}}
     for o in ops:
@@ -542,13 +629,14 @@ def predict_bench(op: str, shape: dict, gpu: GPU, rows: dict) -> dict:
 class OpPrediction:
     model: str
     gpu: str
+    backend: str
     op: str
     phase: str
     ours_s: float
     eager_s: float
     launches: int
     ideal_bytes: float
-    bytes_moved: float
+    bytes_moved: float  # the kernels' own loads and stores
     flops: float
     roofline_s: float
     wave_efficiency: float  # of its launches, weighted by their predicted time
@@ -563,7 +651,7 @@ class OpPrediction:
 
 
 def predict_ops(calls: list[Call], launches: list[LaunchPrediction], shapes: Shapes, label: str,
-                gpu: GPU) -> list[OpPrediction]:
+                gpu: GPU, backend: str = "cuda") -> list[OpPrediction]:
     out = []
     for op in dict.fromkeys(c.op for c in calls):
         for phase in PHASES:
@@ -574,23 +662,25 @@ def predict_ops(calls: list[Call], launches: list[LaunchPrediction], shapes: Sha
             flops = sum(lp.flops for lp in mine)
             ideal = sum(ideal_bytes(c) for c in op_calls)
             out.append(OpPrediction(
-                model=label, gpu=gpu.name, op=op, phase=phase, ours_s=sum(lp.seconds for lp in mine),
+                model=label, gpu=gpu.name, backend=backend, op=op, phase=phase, ours_s=sum(lp.seconds for lp in mine),
                 eager_s=eager_seconds(op, phase, shapes, gpu), launches=len(mine), ideal_bytes=ideal,
-                bytes_moved=sum(lp.bytes_moved for lp in mine), flops=flops,
+                bytes_moved=sum(lp.global_bytes for lp in mine), flops=flops,
                 roofline_s=max(flops / gpu.tensor_flops, ideal / gpu.dram_bandwidth),
                 wave_efficiency=sum(lp.wave_efficiency * lp.seconds for lp in mine) / sum(lp.seconds for lp in mine)))
     return out
 
 
-def predict_step(ops: list[OpPrediction], model: Model, gpu: GPU) -> dict:
+def predict_step(ops: list[OpPrediction], model: Model, gpu: GPU, backend: str = "cuda") -> dict:
     """One training step: per layer two add+LayerNorms, attention and the MLP; plus the rest."""
     per_layer = {"layernorm": 2, "attention": 1, "mlp": 1}
     ours = sum(o.ours_s * per_layer[o.op] for o in ops if o.op in per_layer) * model.n_layer
     eager = sum(o.eager_s * per_layer[o.op] for o in ops if o.op in per_layer) * model.n_layer
+    roofline = sum(o.roofline_s * per_layer[o.op] for o in ops if o.op in per_layer) * model.n_layer
     rest = shared_seconds(model, gpu)
     covered = {o.op for o in ops} >= set(per_layer)
-    return {"model": model.name, "gpu": gpu.name, "tokens": model.tokens, "complete": covered,
-            "ours_layers_s": ours, "eager_layers_s": eager, "rest_s": sum(rest.values()), "rest": rest,
+    return {"model": model.name, "gpu": gpu.name, "backend": backend, "tokens": model.tokens, "complete": covered,
+            "ours_layers_s": ours, "eager_layers_s": eager, "roofline_layers_s": roofline,
+            "rest_s": sum(rest.values()), "rest": rest,
             "ours_s": ours + sum(rest.values()), "eager_s": eager + sum(rest.values()),
             "speedup": (eager + sum(rest.values())) / (ours + sum(rest.values()))}
 
@@ -601,26 +691,59 @@ def cuda_rows(archs) -> dict:
     return {(r.arch, r.name): r for r in cuda_resources(archs)}
 
 
-def predict(models=("gpt2", "gpt2-medium"), gpus=DEFAULT_GPUS, ops=OPS, rows=None, banks=True) -> dict:
-    """Everything the command prints, as data: per model and GPU, the launches, the ops and the
-    step; with `banks`, the bank conflicts of each kernel's sampled blocks at the model's shapes."""
+def rows_from_report(path) -> dict:
+    """The rows of a kernel report written by `python -m tools kernels --json PATH`, keyed like
+    kernel_rows: a run that has the report already need not compile again."""
+    from tools.kernels import KernelResources
+    data = json.loads(Path(path).read_text())
+    return {(r["arch"], r["name"]): KernelResources(**r) for r in data["kernels"]}
+
+
+def kernel_rows(backends=BACKENDS) -> dict:
+    """{(arch, kernel or Triton config name): KernelResources} of both archs: the report's cache
+    holds the build of both, whatever GPUs are asked for."""
+    rows = cuda_rows(("sm_80", "sm_90a")) if "cuda" in backends else {}
+    if "triton" in backends:
+        from tools.kernels import triton_resources
+        rows.update({(r.arch, r.name): r for r in triton_resources((80, 90))})
+    return rows
+
+
+def record_backend(shapes: Shapes, ops, backend: str, gpu: GPU) -> list[Call]:
+    """One layer's launches on `backend`, as `gpu` would get them."""
+    if backend == "cuda":
+        return record_step(shapes, ops, sm_count=gpu.sms)
+    from tools.triton_launches import record_triton_step
+    return record_triton_step(shapes, ops, cc=int(gpu.arch[3:5]))
+
+
+def predict(models=("gpt2", "gpt2-medium"), gpus=DEFAULT_GPUS, ops=OPS, rows=None, banks=True,
+            backends=BACKENDS) -> dict:
+    """Everything the command prints, as data: per model, backend and GPU, the launches, the calls,
+    the ops and the step; with `banks`, the bank conflicts of each CUDA kernel's sampled blocks at
+    the model's shapes (Triton's interpreter has no shared memory to count)."""
     gpus = [GPUS[g] for g in gpus]
-    # Both archs whatever the GPUs: the report's cache holds the build of both.
-    rows = cuda_rows(("sm_80", "sm_90a")) if rows is None else rows
+    rows = kernel_rows(backends) if rows is None else rows
     out = {"launches": [], "calls": [], "ops": [], "steps": []}
     for key in models:
         model = MODELS[key]
-        calls = record_step(model.shapes, ops)
-        out["calls"] += [{"model": model.name, "op": c.op, "phase": c.phase, "call": c.name,
-                          "flops": sum(f for f, _ in work(c)), "bytes_moved": sum(b for _, b in work(c)),
-                          "ideal_bytes": ideal_bytes(c)} for c in calls]
-        conflicts = record_banks(model.shapes, ops) if banks else None
-        for gpu in gpus:
-            launches = predict_launches(calls, rows, gpu, model.name, conflicts)
-            op_predictions = predict_ops(calls, launches, model.shapes, model.name, gpu)
-            out["launches"] += launches
-            out["ops"] += op_predictions
-            out["steps"].append(predict_step(op_predictions, model, gpu))
+        conflicts = record_banks(model.shapes, ops) if banks and "cuda" in backends else None
+        for backend in backends:
+            recorded = {}  # launches differ only by SM count (CUDA) or arch (Triton)
+            for gpu in gpus:
+                target = gpu.sms if backend == "cuda" else gpu.arch
+                if target not in recorded:
+                    recorded[target] = calls = record_backend(model.shapes, ops, backend, gpu)
+                    out["calls"] += [{"model": model.name, "backend": backend, "target": target, "op": c.op,
+                                      "phase": c.phase, "call": c.name, "flops": sum(w.flops for w in work(c)),
+                                      "bytes_moved": sum(w.global_bytes for w in work(c)),
+                                      "ideal_bytes": ideal_bytes(c)} for c in calls]
+                calls = recorded[target]
+                launches = predict_launches(calls, rows, gpu, model.name, conflicts)
+                op_predictions = predict_ops(calls, launches, model.shapes, model.name, gpu, backend)
+                out["launches"] += launches
+                out["ops"] += op_predictions
+                out["steps"].append(predict_step(op_predictions, model, gpu, backend))
     return out
 
 
@@ -629,46 +752,63 @@ def _us(s: float) -> str:
 
 
 def format_ops(result: dict) -> str:
-    lines = [f"{'model':<11} {'gpu':<15} {'op':<10} {'phase':<8} {'ours us':>9} {'eager us':>9} {'speedup':>7} "
-             f"{'roofline':>8} {'waves':>6} {'bytes/ideal':>11}"]
+    lines = [f"{'model':<11} {'gpu':<15} {'backend':<7} {'op':<10} {'phase':<8} {'ours us':>9} {'eager us':>9} "
+             f"{'speedup':>7} {'roofline':>8} {'waves':>6} {'bytes/ideal':>11}"]
     for o in result["ops"]:
-        lines.append(f"{o.model:<11} {o.gpu:<15} {o.op:<10} {o.phase:<8} {_us(o.ours_s)} {_us(o.eager_s)} "
+        lines.append(f"{o.model:<11} {o.gpu:<15} {o.backend:<7} {o.op:<10} {o.phase:<8} {_us(o.ours_s)} {_us(o.eager_s)} "
                      f"{o.speedup:6.2f}x {o.fraction_of_roofline:7.0%} {o.wave_efficiency:6.0%} "
                      f"{o.bytes_moved / o.ideal_bytes if o.ideal_bytes else 0:10.2f}x")
     return "\n".join(lines)
 
 
 def format_launches(result: dict) -> str:
-    lines = [f"{'model':<11} {'gpu':<15} {'op':<9} {'phase':<8} {'kernel':<58} {'CTAs':>6} {'/SM':>3} {'waves':>6} "
+    lines = [f"{'model':<11} {'gpu':<15} {'backend':<7} {'op':<9} {'phase':<8} {'kernel':<58} {'CTAs':>6} {'/SM':>3} {'waves':>6} "
              f"{'us':>8} {'limiter':<8} {'in flight/SM':>12} {'banks':>6}"]
     for lp in result["launches"]:
         kernel = lp.kernel if len(lp.kernel) <= 58 else lp.kernel[:55] + "..."
         flight = f"{lp.in_flight_per_sm / 1024:9.1f} KB" if lp.in_flight_per_sm is not None else ""
         banks = f"{max(lp.bank_conflicts.values()):5.2f}x" if lp.bank_conflicts else ""
-        lines.append(f"{lp.model:<11} {lp.gpu:<15} {lp.op:<9} {lp.phase:<8} {kernel:<58} {lp.ctas:6d} "
+        lines.append(f"{lp.model:<11} {lp.gpu:<15} {lp.backend:<7} {lp.op:<9} {lp.phase:<8} {kernel:<58} {lp.ctas:6d} "
                      f"{lp.ctas_per_sm:3d} {lp.wave_efficiency:6.0%} {lp.seconds * 1e6:8.1f} {lp.limiter:<8} "
                      f"{flight:>12} {banks:>6}")
     return "\n".join(lines)
 
 
 def format_steps(result: dict) -> str:
-    lines = [f"{'model':<11} {'gpu':<15} {'ours ms':>8} {'eager ms':>8} {'speedup':>7}   "
-             "(per step; of which PyTorch's in both: projections, lm_head, loss, embedding, AdamW)"]
+    lines = [f"{'model':<11} {'gpu':<15} {'backend':<7} {'ours ms':>8} {'eager ms':>8} {'speedup':>7} {'roofline':>8}   "
+             "(per step; roofline: of our layers' ops; in brackets what both leave to PyTorch: projections, "
+             "lm_head, loss, embedding, AdamW)"]
     for s in result["steps"]:
-        lines.append(f"{s['model']:<11} {s['gpu']:<15} {s['ours_s'] * 1e3:8.2f} {s['eager_s'] * 1e3:8.2f} "
-                     f"{s['speedup']:6.2f}x   ({s['rest_s'] * 1e3:.2f} ms)")
+        roofline = s["roofline_layers_s"] / s["ours_layers_s"] if s["ours_layers_s"] else 0.0
+        lines.append(f"{s['model']:<11} {s['gpu']:<15} {s['backend']:<7} {s['ours_s'] * 1e3:8.2f} {s['eager_s'] * 1e3:8.2f} "
+                     f"{s['speedup']:6.2f}x {roofline:7.0%}   ({s['rest_s'] * 1e3:.2f} ms)")
+    return "\n".join(lines)
+
+
+def format_gpus(gpus) -> str:
+    """The limits the predictions used, per GPU, and where they come from."""
+    from benchmarks.gpus import HMMA_FLOP, ISSUE_SLOTS_PER_CLOCK, SHARED_BYTES_PER_CLOCK
+    lines = [f"{'gpu':<15} {'SMs':>4} {'clock GHz':>9} {'bf16 TFLOP/s':>12} {'mma.sync':>8} {'HBM TB/s':>8} "
+             f"{'clocks/HMMA':>11} {'issue/clk':>9} {'smem B/clk':>10}  source"]
+    for g in gpus:
+        lines.append(f"{g.name:<15} {g.sms:4d} {g.clock_hz / 1e9:9.2f} {g.tensor_flops / 1e12:12.0f} "
+                     f"{g.mma_sync_ceiling:8.0%} {g.dram_bandwidth / 1e12:8.2f} {HMMA_FLOP / g.tensor_flop_per_clock_per_sm:11.0f} "
+                     f"{ISSUE_SLOTS_PER_CLOCK:9d} {SHARED_BYTES_PER_CLOCK:10d}  {g.source}")
+    lines.append("mma.sync: the share of the dense peak our mma.sync kernels can reach (Hopper's peak needs wgmma; "
+                 "benchmarks/gpus.py says why 65%); DRAM latency for Little's law "
+                 f"{perf.DRAM_LATENCY_S * 1e9:.0f} ns; eager: {json.dumps(EAGER)}")
     return "\n".join(lines)
 
 
 def markdown(result: dict) -> str:
-    out = ["| model | GPU | op | phase | ours (us) | eager (us) | speedup | of roofline |",
-           "|---|---|---|---|---:|---:|---:|---:|"]
+    out = ["| model | GPU | backend | op | phase | ours (us) | eager (us) | speedup | of roofline |",
+           "|---|---|---|---|---|---:|---:|---:|---:|"]
     for o in result["ops"]:
-        out.append(f"| {o.model} | {o.gpu} | {o.op} | {o.phase} | {o.ours_s * 1e6:.1f} | {o.eager_s * 1e6:.1f} | "
-                   f"{o.speedup:.2f}x | {o.fraction_of_roofline:.0%} |")
-    out += ["", "| model | GPU | step, ours (ms) | step, eager (ms) | speedup |", "|---|---|---:|---:|---:|"]
+        out.append(f"| {o.model} | {o.gpu} | {o.backend} | {o.op} | {o.phase} | {o.ours_s * 1e6:.1f} | "
+                   f"{o.eager_s * 1e6:.1f} | {o.speedup:.2f}x | {o.fraction_of_roofline:.0%} |")
+    out += ["", "| model | GPU | backend | step, ours (ms) | step, eager (ms) | speedup |", "|---|---|---|---:|---:|---:|"]
     for s in result["steps"]:
-        out.append(f"| {s['model']} | {s['gpu']} | {s['ours_s'] * 1e3:.2f} | {s['eager_s'] * 1e3:.2f} | "
+        out.append(f"| {s['model']} | {s['gpu']} | {s['backend']} | {s['ours_s'] * 1e3:.2f} | {s['eager_s'] * 1e3:.2f} | "
                    f"{s['speedup']:.2f}x |")
     return "\n".join(out) + "\n"
 
@@ -677,12 +817,14 @@ def budget_figures(result: dict) -> dict:
     """{section: {key: {figure: value}}} of the budgets' "launches", "calls" and "ops" sections
     (tools/budgets.py), for the GPUs of BUDGET_GPUS in the result."""
     names = {GPUS[g].name: g for g in BUDGET_GPUS}
+    # The calls were recorded once per SM count (CUDA) or arch (Triton): named by the budget GPU.
+    targets = {t: g for g in BUDGET_GPUS for t in (GPUS[g].sms, GPUS[g].arch)}
     out = {"launches": {}, "calls": {}, "ops": {}}
     index = {}
     for lp in result["launches"]:
         if lp.gpu not in names:
             continue
-        group = (lp.gpu, lp.model, lp.op, lp.phase)
+        group = (lp.gpu, lp.model, lp.backend, lp.op, lp.phase)
         index[group] = index.get(group, 0) + 1
         figures = {"wave_efficiency": lp.wave_efficiency}
         if lp.bank_conflicts:
@@ -691,17 +833,18 @@ def budget_figures(result: dict) -> dict:
             figures["in_flight_kb"] = lp.in_flight_per_sm / 1024
         if lp.wide_access_share is not None:
             figures["wide_access_share"] = lp.wide_access_share
-        out["launches"][f"{names[lp.gpu]} {lp.model} {lp.op} {lp.phase} #{index[group]} {lp.kernel}"] = figures
+        out["launches"][f"{names[lp.gpu]} {lp.model} {lp.backend} {lp.op} {lp.phase} #{index[group]} {lp.kernel}"] = figures
     index = {}
     for c in result["calls"]:
-        group = (c["model"], c["op"], c["phase"])
+        group = (c["model"], c["backend"], c["target"], c["op"], c["phase"])
         index[group] = index.get(group, 0) + 1
-        if not c["flops"] and c["ideal_bytes"]:
-            out["calls"][f"{c['model']} {c['op']} {c['phase']} #{index[group]} {c['call']}"] = {
+        if not c["flops"] and c["ideal_bytes"] and c["target"] in targets:
+            out["calls"][f"{c['model']} {c['backend']} {targets[c['target']]} {c['op']} {c['phase']} "
+                         f"#{index[group]} {c['call']}"] = {
                 "bytes_ratio": c["bytes_moved"] / c["ideal_bytes"]}
     for o in result["ops"]:
         if o.gpu in names:
-            out["ops"][f"{names[o.gpu]} {o.model} {o.op} {o.phase}"] = {"speedup": o.speedup}
+            out["ops"][f"{names[o.gpu]} {o.model} {o.backend} {o.op} {o.phase}"] = {"speedup": o.speedup}
     return out
 
 
@@ -736,6 +879,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", choices=sorted(MODELS), action="append", help="default: both")
     p.add_argument("--gpu", choices=sorted(GPUS), action="append", help=f"default: {', '.join(DEFAULT_GPUS)}")
     p.add_argument("--op", choices=OPS, action="append", help="default: every op")
+    p.add_argument("--backend", choices=BACKENDS, action="append", help="default: both")
     p.add_argument("--launches", action="store_true", help="also print every kernel launch")
     p.add_argument("--json", metavar="PATH", help="write everything as JSON here")
     p.add_argument("--markdown", metavar="PATH", help="write the per-op and per-step tables as markdown here")
@@ -747,16 +891,17 @@ def main(argv=None) -> int:
                         "default: %(default)s); a figure worse than its budget fails the run")
     p.add_argument("--record-budgets", action="store_true",
                    help="write this run's launch, call and op figures into the budget file as baselines and "
-                        "budgets (needs the full run: no --model, --gpu, --op or --no-banks)")
+                        "budgets (needs the full run: no --model, --gpu, --op, --backend or --no-banks)")
     args = p.parse_args(argv)
-    if args.record_budgets and (args.model or args.gpu or args.op or args.no_banks):
-        p.error("--record-budgets records the full run: drop --model, --gpu, --op and --no-banks")
+    if args.record_budgets and (args.model or args.gpu or args.op or args.backend or args.no_banks):
+        p.error("--record-budgets records the full run: drop --model, --gpu, --op, --backend and --no-banks")
     result = predict(models=args.model or tuple(MODELS), gpus=args.gpu or DEFAULT_GPUS, ops=args.op or OPS,
-                     banks=not args.no_banks)
+                     banks=not args.no_banks, backends=args.backend or BACKENDS)
     if args.launches:
         print(format_launches(result) + "\n")
     print(format_ops(result) + "\n")
-    print(format_steps(result))
+    print(format_steps(result) + "\n")
+    print(format_gpus([GPUS[g] for g in args.gpu or DEFAULT_GPUS]))
     print("\nPredictions from the static model (tools/predict.py, tools/perf.py), not measurements.")
     if args.json:
         Path(args.json).write_text(json.dumps(to_json(result), indent=1) + "\n")

@@ -79,6 +79,22 @@ def measured(folder: Path, data: dict) -> list[str]:
     return lines
 
 
+def _us(o) -> str:
+    return f"{o.ours_s * 1e6:.0f}" if o else "-"
+
+
+def _speedup(o) -> str:
+    return f"{o.speedup:.2f}x" if o else "-"
+
+
+def _step_ms(step) -> str:
+    return f"{step['ours_s'] * 1e3:.1f}" if step else "-"
+
+
+def _step_speedup(step) -> str:
+    return f"{step['speedup']:.2f}x" if step else "-"
+
+
 def predicted() -> list[str]:
     from benchmarks.gpus import GPUS
     from tools import budgets, predict
@@ -88,30 +104,43 @@ def predicted() -> list[str]:
     lines = ["## Performance: predictions, not measurements", "",
              "No GPU run of this code has been recorded yet (no `benchmarks/results/<gpu>-<date>/`): every figure "
              "here is static. `python -m tools predict` records each kernel launch of a training step at GPT-2's "
-             "shapes in the CPU harness and predicts its time from the compiled kernel (registers, shared memory, "
-             f"main loop) on {names}; eager PyTorch is predicted from published fractions of peak "
-             "(`tools/predict.py` says which). GPT-2 124M, one layer, bf16:", "",
-             "| GPU | op | phase | ours (us) | eager (us) | ours vs eager | of roofline |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {o.gpu} | {o.op} | {o.phase} | {o.ours_s * 1e6:.0f} | {o.eager_s * 1e6:.0f} | {o.speedup:.2f}x | "
-              f"{o.fraction_of_roofline:.0%} |" for o in result["ops"] if o.model == predict.MODELS["gpt2"].name]
+             "shapes (CUDA: the harness's dry run; Triton: its launchers on fake CUDA tensors) and predicts its "
+             "time from the compiled kernel (registers, shared memory, main loop) on "
+             f"{names}; eager PyTorch is predicted from published fractions of peak (`tools/predict.py` says "
+             "which). GPT-2 124M, one layer, bf16, times in us:", "",
+             "| GPU | op | phase | cuda | triton | eager | cuda vs eager | triton vs eager | cuda of roofline |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     gpt2 = predict.MODELS["gpt2"].name
-    slow = [o for o in result["ops"] if o.model == gpt2 and o.speedup < 1]
+    ops = {(o.gpu, o.op, o.phase, o.backend): o for o in result["ops"] if o.model == gpt2}
+    for gpu, op, phase in dict.fromkeys(key[:3] for key in ops):
+        cuda, triton = ops.get((gpu, op, phase, "cuda")), ops.get((gpu, op, phase, "triton"))
+        ref = cuda or triton
+        roofline = f"{cuda.fraction_of_roofline:.0%}" if cuda else "-"
+        lines.append(f"| {gpu} | {op} | {phase} | {_us(cuda)} | {_us(triton)} | {ref.eager_s * 1e6:.0f} | "
+                     f"{_speedup(cuda)} | {_speedup(triton)} | {roofline} |")
+    slow = [o for o in ops.values() if o.speedup < 1]
     if slow:
         lines += ["", "Where ours is predicted slower than eager, what bounds its longest launch:", ""]
         for o in slow:
-            longest = max((lp for lp in result["launches"] if (lp.model, lp.gpu, lp.op, lp.phase) ==
-                           (o.model, o.gpu, o.op, o.phase)), key=lambda lp: lp.seconds)
-            figure = {"issue": f", {longest.issue_per_mma:.1f} issue slots per HMMA",
-                      "shared": f", {longest.shared_bytes_per_mma:.0f} shared bytes per HMMA",
-                      "latency": f", {longest.ctas} CTAs"}.get(longest.limiter, "")
-            lines.append(f"- {o.gpu}, {o.op} {o.phase}: `{longest.kernel.split('<')[0]}` is {longest.limiter}-bound"
-                         f"{figure} ({longest.wave_efficiency:.0%} wave efficiency)")
+            longest = max((lp for lp in result["launches"] if (lp.model, lp.gpu, lp.backend, lp.op, lp.phase) ==
+                           (o.model, o.gpu, o.backend, o.op, o.phase)), key=lambda lp: lp.seconds)
+            figure = {"issue": lambda lp: f", {lp.issue_per_mma:.1f} issue slots per HMMA",
+                      "shared": lambda lp: f", {lp.shared_bytes_per_mma:.0f} shared bytes per HMMA",
+                      "latency": lambda lp: f", {lp.ctas} CTAs",
+                      "serial": lambda lp: ", a chain of dependent global round trips"}.get(
+                longest.limiter, lambda lp: "")(longest)
+            lines.append(f"- {o.gpu}, {o.backend} {o.op} {o.phase}: `{longest.kernel.split('<')[0]}` is "
+                         f"{longest.limiter}-bound{figure} ({longest.wave_efficiency:.0%} wave efficiency)")
     lines += ["", "A whole training step (the ops above per layer, plus what both paths leave to PyTorch: the "
-                  "projections, lm_head, the loss, the embedding, AdamW):", "",
-              "| model | GPU | ours (ms) | eager (ms) | ours vs eager |", "| --- | --- | ---: | ---: | ---: |"]
-    lines += [f"| {s['model']} | {s['gpu']} | {s['ours_s'] * 1e3:.1f} | {s['eager_s'] * 1e3:.1f} | {s['speedup']:.2f}x |"
-              for s in result["steps"]]
+                  "projections, lm_head, the loss, the embedding, AdamW), in ms:", "",
+              "| model | GPU | cuda | triton | eager | cuda vs eager | triton vs eager |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    steps = {(s["model"], s["gpu"], s["backend"]): s for s in result["steps"]}
+    for model, gpu in dict.fromkeys(key[:2] for key in steps):
+        cuda, triton = steps.get((model, gpu, "cuda")), steps.get((model, gpu, "triton"))
+        ref = cuda or triton
+        lines.append(f"| {model} | {gpu} | {_step_ms(cuda)} | {_step_ms(triton)} | {ref['eager_s'] * 1e3:.1f} | "
+                     f"{_step_speedup(cuda)} | {_step_speedup(triton)} |")
     kernels = budgets.load()["kernels"]
     lines += ["", "The main loops behind them, per warp and iteration, against the targets of `tools/budgets.py` "
                   "(at most 6 issue slots and 160 shared-memory bytes per m16n8k16 HMMA; an A100 SM stalls its "

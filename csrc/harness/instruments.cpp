@@ -6,13 +6,20 @@
 
 namespace nk_instruments {
 
-void configure(bool launches, bool dry_run, bool banks, unsigned sample_blocks) {
+namespace {
+int simulated_sm_count = 0;  // read by launchers on any host thread: set before they run
+}  // namespace
+
+int sm_count() { return simulated_sm_count; }
+
+void configure(bool launches, bool dry_run, bool banks, unsigned sample_blocks, int sm_count) {
   std::lock_guard<std::mutex> lock(nk_harness::launch_mutex());
   nk_harness::Instruments& ins = nk_harness::instruments();
   ins.launches = launches;
   ins.dry_run = dry_run;
   ins.banks = banks;
   ins.sample_blocks = sample_blocks;
+  simulated_sm_count = sm_count;
   ins.launch_log.clear();
   ins.shared.clear();
 }

@@ -8,8 +8,12 @@ namespace nk_instruments {
 
 // From now on: record each launch's configuration (launches), record it without running the
 // kernel (dry_run), count the bank conflicts of ldmatrix and cp.async (banks), run only the
-// first sample_blocks blocks of each launch (0: all). Clears what was recorded before.
-void configure(bool launches, bool dry_run, bool banks, unsigned sample_blocks);
+// first sample_blocks blocks of each launch (0: all), and have launchers that size their grid
+// by the GPU's SM count use sm_count (0: the CPU default). Clears what was recorded before.
+void configure(bool launches, bool dry_run, bool banks, unsigned sample_blocks, int sm_count);
+
+// The SM count configure() set, 0 if none.
+int sm_count();
 
 // What was recorded since configure(), as JSON: {"launches": [{"kernel", "grid", "block",
 // "dynamic_smem", "static_smem"}], "shared": [{"kernel", "instruction", "requests",
