@@ -3,16 +3,18 @@
 // Torch-free: compiled by nvcc for sm_80/sm_90a and, through csrc/harness/layernorm.cpp,
 // by the host compiler against the CPU harness, so our tests execute this very code.
 //
-// Work split. A row is handled by a "team": one warp when the row is short (blockDim =
-// (32, 4): four rows per block, no __syncthreads at all), the whole block when it is long
-// (blockDim = (threads, 1)). Each thread owns the same columns in every pass and every row,
-// 16 bytes at a time when alignment allows, which is what lets the backward keep per-column
-// partial sums without races.
+// Work split. A row is handled by a "team": one warp when its 16-byte vectors fit one per
+// lane (blockDim = (32, 4): four rows per block), otherwise a block of the fewest whole warps
+// that hold it at up to 16 elements per thread (8 unaligned), one row per block. Each thread owns
+// the same columns in every row, and holds them in registers: the forward reads x (and the
+// residual) once and keeps its weight and bias; the backward reads dy and xs once, writes dx
+// in the same pass, and keeps the parameter gradients' sums of its columns (see the backward
+// for the deterministic two-stage reduction). Rows wider than 8192 take the wide kernels, which
+// walk the row in several passes.
 //
-// Napkin math (H100, 3.35 TB/s): forward reads x (and residual) once from DRAM and writes y
-// (and s); the second and third passes over the row re-read it from L1/L2 (a 768-wide bf16
-// row is 1.5 KB). For B*T = 16384 rows of 768 bf16 that is 2 * 25 MB of DRAM traffic: ~15 us
-// at roofline. The backward reads dy and x and writes dx: 3 * 25 MB, ~23 us.
+// Napkin math (H100, 3.35 TB/s): for B*T = 12288 rows of 768 bf16, the fused add + LayerNorm
+// forward reads x and the residual and writes s and y: 4 x 19 MB, ~23 us at roofline; the
+// backward reads dy, s and ds and writes dx, plus the partial rows (1/8 more): ~25 us.
 
 #include <string>
 
@@ -39,6 +41,18 @@ __device__ __forceinline__ void load_vec(const T* p, float (&out)[VEC]) {
 __device__ __forceinline__ unsigned bits_of(float v) { return __float_as_uint(v); }
 __device__ __forceinline__ unsigned bits_of(__half v) { return __half_as_ushort(v); }
 __device__ __forceinline__ unsigned bits_of(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
+
+// VEC floats, 16 bytes a store (VEC a multiple of 4, 16-byte aligned) or one at a time.
+template <int VEC>
+__device__ __forceinline__ void store_floats(float* p, const float (&in)[VEC]) {
+  if constexpr (VEC % 4 == 0) {
+#pragma unroll
+    for (int j = 0; j < VEC; j += 4) *reinterpret_cast<float4*>(p + j) = make_float4(in[j], in[j + 1], in[j + 2], in[j + 3]);
+  } else {
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) p[j] = in[j];
+  }
+}
 
 // Converts and stores VEC values with one 16-, 8- or 4-byte store. The words are assembled
 // by hand: given a struct of __half to copy, nvcc emits one 16-bit store per element. They go
@@ -104,8 +118,36 @@ struct FwdArgs {
 // instead, which the compile check catches).
 constexpr int kMaxThreads = 1024;
 
+// The register paths hold a thread's share of a row in registers across the row's passes: at
+// most 512 threads (128 registers each) per row. The backward's share: 16 elements in vectors
+// (their dy, xhat, weight and the two partial sums: 80 floats), 8 one at a time (each its own
+// address): rows up to 8192 (4096 unaligned) wide.
+constexpr int kRegMaxThreads = 512;
+template <int VEC>
+constexpr int bwd_elems_per_thread() {
+  return VEC == 1 ? 8 : 16;
+}
+// Stage 1's blocks per SM: as many as are resident at once (~118 registers a thread: 5 blocks
+// of 96 threads, 4 of 128), so that one wave takes every row group, two at most per team.
+constexpr int kBwdBlocksPerSm = 4;      // a block per row
+constexpr int kBwdWarpBlocksPerSm = 8;  // four warps per block, a row each
+// The forward's blocks per SM: each holds a row per team and loads the weight and bias once.
+constexpr int kFwdBlocksPerSm = 16;
+// Stage 1's row groups: each group's sums are one partial row (per gradient), so the partials
+// add 2 x 2 x cols x 4 bytes (written, read) per kGroupRows rows to the 4 x cols x 2 bytes per
+// row the backward moves in 16-bit types: 12.5% at 16 rows; fewer rows per group would shorten
+// each team's chain of rows but add traffic.
+constexpr int kGroupRows = 16;
+// Stage 2's block: kReduceCols threads across columns, kReduceLanes across partial rows, and
+// kReduceChunkRows partial rows per block.
+constexpr int kReduceCols = 32;
+constexpr int kReduceLanes = 8;
+constexpr int kReduceChunkRows = 16;
+
+// The forward for rows wider than the register path takes: three passes over the row (sum,
+// centred squares, output), the second and third reading it back from L1 and L2.
 template <typename T, int VEC>
-__global__ void __launch_bounds__(kMaxThreads) layer_norm_fwd_kernel(FwdArgs<T> a) {
+__global__ void __launch_bounds__(kMaxThreads) layer_norm_fwd_wide_kernel(FwdArgs<T> a) {
   __shared__ float red[32];
   const int nvec = a.cols / VEC;
   const float inv_cols = 1.0f / (float)a.cols;
@@ -165,6 +207,93 @@ __global__ void __launch_bounds__(kMaxThreads) layer_norm_fwd_kernel(FwdArgs<T> 
   }
 }
 
+// The forward's register path: each thread holds its vectors of the row (up to
+// fwd_elems_per_thread elements) with its weight and bias, so x (and the residual) is read
+// once from DRAM, the mean and the centred variance come from registers, and y (and s) are
+// written from them. Team shapes as the backward's (row_threads): every lane busy when the
+// row's vectors are a multiple of 32 (768 and 1024 columns). Rows wider than the register path
+// takes (more than kRegMaxThreads x fwd_elems_per_thread) take layer_norm_fwd_wide_kernel.
+template <int VEC>
+constexpr int fwd_elems_per_thread() {
+  return VEC == 1 ? 8 : 16;
+}
+
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kRegMaxThreads) layer_norm_fwd_kernel(FwdArgs<T> a) {
+  constexpr int CHUNKS = fwd_elems_per_thread<VEC>() / VEC;
+  __shared__ float red[32];
+  const int nvec = a.cols / VEC;
+  const float inv_cols = 1.0f / (float)a.cols;
+  float w[CHUNKS][VEC], b[CHUNKS][VEC];
+#pragma unroll
+  for (int k = 0; k < CHUNKS; ++k) {
+    const int i = threadIdx.x + k * blockDim.x;
+    if (i < nvec) {
+      load_vec<T, VEC>(a.weight + i * VEC, w[k]);
+      if (a.bias) {
+        load_vec<T, VEC>(a.bias + i * VEC, b[k]);
+      } else {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) b[k][j] = 0.0f;
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) w[k][j] = b[k][j] = 0.0f;
+    }
+  }
+  for (int64_t row = (int64_t)blockIdx.x * blockDim.y + threadIdx.y; row < a.rows;
+       row += (int64_t)gridDim.x * blockDim.y) {
+    const T* x = a.x + row * a.x_stride;
+    T* s = a.residual ? a.s + row * a.cols : nullptr;
+    float v[CHUNKS][VEC];
+    float sum = 0.0f;
+#pragma unroll
+    for (int k = 0; k < CHUNKS; ++k) {
+      const int i = threadIdx.x + k * blockDim.x;
+      if (i < nvec) {
+        load_vec<T, VEC>(x + i * VEC, v[k]);
+        if (a.residual) {
+          // Normalise s as rounded to T: what eager's layer_norm(x + r) sees, and what the
+          // backward reads back.
+          float r[VEC];
+          load_vec<T, VEC>(a.residual + row * a.r_stride + i * VEC, r);
+#pragma unroll
+          for (int j = 0; j < VEC; ++j) v[k][j] = to_float(from_float<T>(v[k][j] + r[j]));
+          store_vec<T, VEC>(s + i * VEC, v[k]);
+        }
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) sum += v[k][j];
+      } else {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) v[k][j] = 0.0f;
+      }
+    }
+    const float mu = team_sum(sum, red) * inv_cols;
+    // Centred: E[(x-mu)^2] does not cancel catastrophically like E[x^2]-mu^2.
+    float sq = 0.0f;
+#pragma unroll
+    for (int k = 0; k < CHUNKS; ++k)
+      if ((int)(threadIdx.x + k * blockDim.x) < nvec)
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) sq += (v[k][j] - mu) * (v[k][j] - mu);
+    const float rs = rsqrtf(team_sum(sq, red) * inv_cols + a.eps);
+    if (threadIdx.x == 0) {
+      a.mean[row] = mu;
+      a.rstd[row] = rs;
+    }
+    T* y = a.y + row * a.cols;
+#pragma unroll
+    for (int k = 0; k < CHUNKS; ++k) {
+      const int i = threadIdx.x + k * blockDim.x;
+      if (i < nvec) {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) v[k][j] = (v[k][j] - mu) * rs * w[k][j] + b[k][j];
+        store_vec<T, VEC>(y + i * VEC, v[k]);
+      }
+    }
+  }
+}
+
 template <typename T>
 struct BwdArgs {
   const T* dy;        // [rows, cols], row stride dy_stride
@@ -177,92 +306,288 @@ struct BwdArgs {
   const float* mean;  // [rows]
   const float* rstd;  // [rows]
   T* dx;              // [rows, cols] contiguous
-  float* partial;     // [teams, 2, cols]: this team's sums of dy*xhat and of dy
+  float* partial;     // [blocks, 2, cols]: each block's sums of dy*xhat and of dy
+  unsigned* counters; // [tiles]: stage 2's, zeroed here (stage 2 runs after this kernel)
+  int tiles;
   int64_t rows;
   int cols;
 };
 
-// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * weight, and per-team
-// partial sums for dweight = sum(dy * xhat) and dbias = sum(dy). Team t takes rows t,
-// t + teams, ... and owns row t of `partial` alone, so the two-stage reduction is
-// deterministic: no atomics anywhere.
+template <typename T>
+struct BwdReduceArgs {
+  const float* partial;  // [rows, 2, cols]
+  int64_t rows;
+  int cols;
+  int chunks;            // gridDim.y
+  float* chunk_sums;     // [chunks, 2, cols]
+  unsigned* counters;    // [gridDim.x], zero at launch
+  T* dweight;
+  T* dbias;              // nullable
+};
+
+// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * weight, and the parameter
+// gradients dweight = sum(dy * xhat), dbias = sum(dy) over rows, in two stages whose order of
+// additions is fixed by the row and column indices alone: the same bits on every run, whatever
+// the grid, the SM count or the GPU.
+//
+// Stage 1 (layer_norm_bwd_kernel): the rows fall into groups of kGroupRows consecutive rows;
+// team t takes groups t, t + teams, ... Each thread keeps the sums of the columns it owns (the
+// same in every row) over the group's rows, in row order, in registers; it reads dy and xs once
+// per row and writes dx in that pass; at the group's end the team writes the group's fp32 row
+// of partials per gradient: partial[group][0][:] (dweight), partial[group][1][:] (dbias). A
+// thread owns CHUNKS vectors (bwd_elems_per_thread elements): with one warp per row up to 32
+// times that, with a block per row up to kRegMaxThreads times; wider rows take
+// layer_norm_bwd_wide_kernel.
+template <typename T>
+__device__ __forceinline__ void zero_counters(const BwdArgs<T>& a) {
+  if (blockIdx.x == 0)
+    for (int t = threadIdx.y * blockDim.x + threadIdx.x; t < a.tiles; t += blockDim.x * blockDim.y) a.counters[t] = 0u;
+}
+
 template <typename T, int VEC>
-__global__ void __launch_bounds__(kMaxThreads) layer_norm_bwd_kernel(BwdArgs<T> a) {
+__global__ void __launch_bounds__(kRegMaxThreads) layer_norm_bwd_kernel(BwdArgs<T> a) {
+  constexpr int CHUNKS = bwd_elems_per_thread<VEC>() / VEC;
   __shared__ float red[32];
+  zero_counters(a);
   const int nvec = a.cols / VEC;
   const float inv_cols = 1.0f / (float)a.cols;
-  const int64_t team = (int64_t)blockIdx.x * blockDim.y + threadIdx.y;
-  const int64_t teams = (int64_t)gridDim.x * blockDim.y;
-  // The team's partial sums, VEC floats at a time (cols % VEC == 0 on the vector path keeps
-  // them aligned).
-  auto* pw = reinterpret_cast<Vec<float, VEC>*>(a.partial + team * 2 * a.cols);
-  auto* pb = reinterpret_cast<Vec<float, VEC>*>(a.partial + team * 2 * a.cols + a.cols);
-  for (int i = threadIdx.x; i < nvec; i += blockDim.x) {
-    Vec<float, VEC> zero;
+  const int64_t groups = (a.rows + kGroupRows - 1) / kGroupRows;
+  float w[CHUNKS][VEC];
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) zero.v[k] = 0.0f;
-    pw[i] = pb[i] = zero;
-  }
-  for (int64_t row = team; row < a.rows; row += teams) {
-    const T* dy = a.dy + row * a.dy_stride;
-    const T* xs = a.xs + row * a.xs_stride;
-    const float mu = a.mean[row], rs = a.rstd[row];
-    float sum_g = 0.0f, sum_gx = 0.0f;
-    for (int i = threadIdx.x; i < nvec; i += blockDim.x) {
-      float d[VEC], x[VEC], w[VEC];
-      load_vec<T, VEC>(dy + i * VEC, d);
-      load_vec<T, VEC>(xs + i * VEC, x);
-      load_vec<T, VEC>(a.weight + i * VEC, w);
-      Vec<float, VEC> accw = pw[i], accb = pb[i];
+  for (int k = 0; k < CHUNKS; ++k) {
+    const int i = threadIdx.x + k * blockDim.x;
+    if (i < nvec) {
+      load_vec<T, VEC>(a.weight + i * VEC, w[k]);
+    } else {
 #pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        const float xhat = (x[k] - mu) * rs;
-        const float g = d[k] * w[k];
-        sum_g += g;
-        sum_gx += g * xhat;
-        accw.v[k] += d[k] * xhat;
-        accb.v[k] += d[k];
-      }
-      pw[i] = accw;
-      pb[i] = accb;
+      for (int j = 0; j < VEC; ++j) w[k][j] = 0.0f;
     }
-    const float mean_g = team_sum(sum_g, red) * inv_cols;
-    const float mean_gx = team_sum(sum_gx, red) * inv_cols;
-    T* dx = a.dx + row * a.cols;
-    for (int i = threadIdx.x; i < nvec; i += blockDim.x) {
-      float d[VEC], x[VEC], w[VEC], e[VEC];
-      load_vec<T, VEC>(dy + i * VEC, d);
-      load_vec<T, VEC>(xs + i * VEC, x);
-      load_vec<T, VEC>(a.weight + i * VEC, w);
-      if (a.ds) {
-        load_vec<T, VEC>(a.ds + row * a.ds_stride + i * VEC, e);
-      } else {
+  }
+  for (int64_t group = (int64_t)blockIdx.x * blockDim.y + threadIdx.y; group < groups;
+       group += (int64_t)gridDim.x * blockDim.y) {
+    float pw[CHUNKS][VEC], pb[CHUNKS][VEC];
 #pragma unroll
-        for (int k = 0; k < VEC; ++k) e[k] = 0.0f;
-      }
+    for (int k = 0; k < CHUNKS; ++k)
 #pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        const float xhat = (x[k] - mu) * rs;
-        d[k] = rs * (d[k] * w[k] - mean_g - xhat * mean_gx) + e[k];
+      for (int j = 0; j < VEC; ++j) pw[k][j] = pb[k][j] = 0.0f;
+    const int64_t end = (group + 1) * kGroupRows < a.rows ? (group + 1) * kGroupRows : a.rows;
+    for (int64_t row = group * kGroupRows; row < end; ++row) {
+      const T* dy = a.dy + row * a.dy_stride;
+      const T* xs = a.xs + row * a.xs_stride;
+      const float mu = a.mean[row], rs = a.rstd[row];
+      float d[CHUNKS][VEC], xhat[CHUNKS][VEC];
+      float sum_g = 0.0f, sum_gx = 0.0f;
+#pragma unroll
+      for (int k = 0; k < CHUNKS; ++k) {
+        const int i = threadIdx.x + k * blockDim.x;
+        if (i < nvec) {
+          load_vec<T, VEC>(dy + i * VEC, d[k]);
+          load_vec<T, VEC>(xs + i * VEC, xhat[k]);
+#pragma unroll
+          for (int j = 0; j < VEC; ++j) {
+            xhat[k][j] = (xhat[k][j] - mu) * rs;
+            const float g = d[k][j] * w[k][j];
+            sum_g += g;
+            sum_gx += g * xhat[k][j];
+          }
+        } else {
+          // Unused (the second pass skips these chunks too); defined, so no compiler warns.
+#pragma unroll
+          for (int j = 0; j < VEC; ++j) d[k][j] = xhat[k][j] = 0.0f;
+        }
       }
-      store_vec<T, VEC>(dx + i * VEC, d);
+      const float mean_g = team_sum(sum_g, red) * inv_cols;
+      const float mean_gx = team_sum(sum_gx, red) * inv_cols;
+      T* dx = a.dx + row * a.cols;
+#pragma unroll
+      for (int k = 0; k < CHUNKS; ++k) {
+        const int i = threadIdx.x + k * blockDim.x;
+        if (i < nvec) {
+          float e[VEC];
+          if (a.ds) {
+            load_vec<T, VEC>(a.ds + row * a.ds_stride + i * VEC, e);
+          } else {
+#pragma unroll
+            for (int j = 0; j < VEC; ++j) e[j] = 0.0f;
+          }
+#pragma unroll
+          for (int j = 0; j < VEC; ++j) {
+            pw[k][j] += d[k][j] * xhat[k][j];
+            pb[k][j] += d[k][j];
+            e[j] += rs * (d[k][j] * w[k][j] - mean_g - xhat[k][j] * mean_gx);
+          }
+          store_vec<T, VEC>(dx + i * VEC, e);
+        }
+      }
+    }
+    float* out_w = a.partial + group * 2 * a.cols;
+#pragma unroll
+    for (int k = 0; k < CHUNKS; ++k) {
+      const int i = threadIdx.x + k * blockDim.x;
+      if (i < nvec) {
+        store_floats<VEC>(out_w + i * VEC, pw[k]);
+        store_floats<VEC>(out_w + a.cols + i * VEC, pb[k]);
+      }
     }
   }
 }
 
-// dweight[c] = sum over teams of partial[t, 0, c], dbias likewise, teams in order.
-template <typename T>
-__global__ void layer_norm_bwd_reduce_kernel(const float* partial, int64_t teams, int cols,
-                                            T* dweight, T* dbias) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= cols) return;
-  float w = 0.0f, b = 0.0f;
-  for (int64_t t = 0; t < teams; ++t) {
-    w += partial[t * 2 * cols + c];
-    b += partial[t * 2 * cols + cols + c];
+// Stage 1 for rows wider than the register path takes: a block per row group, each thread
+// read-modify-writing its columns of the group's partial rows per input row (they stay in L1
+// and L2), and dy, xs and weight read twice per row. The same groups and order as the
+// register path.
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kMaxThreads) layer_norm_bwd_wide_kernel(BwdArgs<T> a) {
+  __shared__ float red[32];
+  zero_counters(a);
+  const int nvec = a.cols / VEC;
+  const float inv_cols = 1.0f / (float)a.cols;
+  const int64_t groups = (a.rows + kGroupRows - 1) / kGroupRows;
+  for (int64_t group = blockIdx.x; group < groups; group += gridDim.x) {
+    auto* pw = reinterpret_cast<Vec<float, VEC>*>(a.partial + group * 2 * a.cols);
+    auto* pb = reinterpret_cast<Vec<float, VEC>*>(a.partial + group * 2 * a.cols + a.cols);
+    for (int i = threadIdx.x; i < nvec; i += blockDim.x) {
+      Vec<float, VEC> zero;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) zero.v[k] = 0.0f;
+      pw[i] = pb[i] = zero;
+    }
+    const int64_t end = (group + 1) * kGroupRows < a.rows ? (group + 1) * kGroupRows : a.rows;
+    for (int64_t row = group * kGroupRows; row < end; ++row) {
+      const T* dy = a.dy + row * a.dy_stride;
+      const T* xs = a.xs + row * a.xs_stride;
+      const float mu = a.mean[row], rs = a.rstd[row];
+      float sum_g = 0.0f, sum_gx = 0.0f;
+      for (int i = threadIdx.x; i < nvec; i += blockDim.x) {
+        float d[VEC], x[VEC], w[VEC];
+        load_vec<T, VEC>(dy + i * VEC, d);
+        load_vec<T, VEC>(xs + i * VEC, x);
+        load_vec<T, VEC>(a.weight + i * VEC, w);
+        Vec<float, VEC> accw = pw[i], accb = pb[i];
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+          const float xhat = (x[k] - mu) * rs;
+          const float g = d[k] * w[k];
+          sum_g += g;
+          sum_gx += g * xhat;
+          accw.v[k] += d[k] * xhat;
+          accb.v[k] += d[k];
+        }
+        pw[i] = accw;
+        pb[i] = accb;
+      }
+      const float mean_g = team_sum(sum_g, red) * inv_cols;
+      const float mean_gx = team_sum(sum_gx, red) * inv_cols;
+      T* dx = a.dx + row * a.cols;
+      for (int i = threadIdx.x; i < nvec; i += blockDim.x) {
+        float d[VEC], x[VEC], w[VEC], e[VEC];
+        load_vec<T, VEC>(dy + i * VEC, d);
+        load_vec<T, VEC>(xs + i * VEC, x);
+        load_vec<T, VEC>(a.weight + i * VEC, w);
+        if (a.ds) {
+          load_vec<T, VEC>(a.ds + row * a.ds_stride + i * VEC, e);
+        } else {
+#pragma unroll
+          for (int k = 0; k < VEC; ++k) e[k] = 0.0f;
+        }
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+          const float xhat = (x[k] - mu) * rs;
+          d[k] = rs * (d[k] * w[k] - mean_g - xhat * mean_gx) + e[k];
+        }
+        store_vec<T, VEC>(dx + i * VEC, d);
+      }
+    }
   }
-  dweight[c] = from_float<T>(w);
-  if (dbias) dbias[c] = from_float<T>(b);
+}
+
+// Stage 2: dweight[c] = the sum of partial[r][0][c] over the groups r, dbias likewise,
+// column-parallel. Block (tile, chunk) takes a tile of kReduceCols * CV columns (CV floats,
+// 16 bytes with CV = 4, per thread) and the chunk's kReduceChunkRows partial rows, its
+// kReduceLanes row lanes summing rows lane, lane + kReduceLanes, ... and then added in lane
+// order; it writes the chunk's sums, and the tile's last block to finish (a counter per tile)
+// adds the chunks' sums the same way (lane l takes chunks l, l + kReduceLanes, ...) and writes
+// the result. The order of every addition is fixed by the indices, never by which block ran
+// first: dweight and dbias are the same bits on every run.
+template <typename T, int CV>
+__global__ void __launch_bounds__(kReduceCols * kReduceLanes) layer_norm_bwd_reduce_kernel(BwdReduceArgs<T> a) {
+  __shared__ float sum_w[kReduceLanes][kReduceCols * CV], sum_b[kReduceLanes][kReduceCols * CV];
+  __shared__ bool last;
+  const int c0 = (blockIdx.x * kReduceCols + threadIdx.x) * CV;
+  const int64_t first = (int64_t)blockIdx.y * kReduceChunkRows;
+  const int64_t end = first + kReduceChunkRows < a.rows ? first + kReduceChunkRows : a.rows;
+  float w[CV], b[CV];
+#pragma unroll
+  for (int j = 0; j < CV; ++j) w[j] = b[j] = 0.0f;
+  if (c0 < a.cols) {
+    for (int64_t r = first + threadIdx.y; r < end; r += kReduceLanes) {
+      const float* row = a.partial + r * 2 * a.cols + c0;
+      float pw[CV], pb[CV];
+      load_vec<float, CV>(row, pw);
+      load_vec<float, CV>(row + a.cols, pb);
+#pragma unroll
+      for (int j = 0; j < CV; ++j) {
+        w[j] += pw[j];
+        b[j] += pb[j];
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < CV; ++j) {
+    sum_w[threadIdx.y][threadIdx.x * CV + j] = w[j];
+    sum_b[threadIdx.y][threadIdx.x * CV + j] = b[j];
+  }
+  __syncthreads();
+  float* chunk = a.chunk_sums + (int64_t)blockIdx.y * 2 * a.cols;
+  if (threadIdx.y == 0 && c0 < a.cols) {
+#pragma unroll
+    for (int j = 0; j < CV; ++j) {
+      float tw = 0.0f, tb = 0.0f;
+      for (int lane = 0; lane < kReduceLanes; ++lane) {
+        tw += sum_w[lane][threadIdx.x * CV + j];
+        tb += sum_b[lane][threadIdx.x * CV + j];
+      }
+      chunk[c0 + j] = tw;
+      chunk[a.cols + c0 + j] = tb;
+    }
+  }
+  // The chunk's sums must be visible to whichever block of the tile finishes last: each writer
+  // fences its stores, and the barrier holds the count back until every writer has.
+  __threadfence();
+  __syncthreads();  // mutation: equivalent: the harness runs blocks one after another, so no other block reads the chunk's sums before this one ends
+  if (threadIdx.x == 0 && threadIdx.y == 0) last = atomicAdd(&a.counters[blockIdx.x], 1u) == (unsigned)a.chunks - 1u;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+#pragma unroll
+  for (int j = 0; j < CV; ++j) w[j] = b[j] = 0.0f;
+  if (c0 < a.cols) {
+    for (int k = threadIdx.y; k < a.chunks; k += kReduceLanes) {
+#pragma unroll
+      for (int j = 0; j < CV; ++j) {
+        w[j] += load_cg(a.chunk_sums + (int64_t)k * 2 * a.cols + c0 + j);
+        b[j] += load_cg(a.chunk_sums + (int64_t)k * 2 * a.cols + a.cols + c0 + j);
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < CV; ++j) {
+    sum_w[threadIdx.y][threadIdx.x * CV + j] = w[j];
+    sum_b[threadIdx.y][threadIdx.x * CV + j] = b[j];
+  }
+  __syncthreads();
+  if (threadIdx.y == 0 && c0 < a.cols) {
+#pragma unroll
+    for (int j = 0; j < CV; ++j) {
+      float tw = 0.0f, tb = 0.0f;
+      for (int lane = 0; lane < kReduceLanes; ++lane) {
+        tw += sum_w[lane][threadIdx.x * CV + j];
+        tb += sum_b[lane][threadIdx.x * CV + j];
+      }
+      a.dweight[c0 + j] = from_float<T>(tw);
+      if (a.dbias) a.dbias[c0 + j] = from_float<T>(tb);
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -279,7 +604,20 @@ struct TeamShape {
   int64_t rows_per_block;
 };
 
-// Threads per row aim at ~4 vectors each: enough loads in flight without idle lanes.
+// The register paths' team: the fewest vectors per thread (at most `max_chunks`) that fit
+// kRegMaxThreads threads, in whole warps, so that every lane holds the same number when the
+// row's vectors are a multiple of 32 (768 and 1024 columns); a warp per row, four rows per
+// block, when one warp holds it with one vector per lane. Threads 0 when the row is too wide.
+TeamShape row_team(int64_t nvec, int max_chunks) {
+  if (nvec <= 32) return {dim3(32, kWarpRowsPerBlock), kWarpRowsPerBlock};
+  const int64_t chunks = (nvec + kRegMaxThreads - 1) / kRegMaxThreads;
+  if (chunks > max_chunks) return {dim3(0), 0};
+  const int64_t threads = ((nvec + chunks - 1) / chunks + 31) / 32 * 32;
+  return {dim3((unsigned)threads, 1), 1};
+}
+
+// The wide kernels' team: threads per row aim at ~4 vectors each, enough loads in flight
+// without idle lanes.
 TeamShape team_shape(int64_t cols, int vec) {
   if (cols <= kWarpRowMaxCols) return {dim3(32, kWarpRowsPerBlock), kWarpRowsPerBlock};
   int64_t threads = (cols / vec + 3) / 4;
@@ -302,18 +640,6 @@ int pick_vec(int64_t cols, std::initializer_list<const void*> ptrs,
   return V;
 }
 
-// Enough teams to fill the GPU a few times over, never more than there are rows.
-int64_t bwd_teams(int64_t rows, int64_t cols, int sm_count) {
-  const TeamShape shape = team_shape(cols, 1);
-  const int64_t blocks_per_sm = cols <= kWarpRowMaxCols ? 8 : 2;
-  int64_t teams = (int64_t)(sm_count > 0 ? sm_count : 1) * blocks_per_sm * shape.rows_per_block;
-  if (teams > rows) teams = rows;
-  // Whole blocks: the grid launches teams / rows_per_block of them. Spare teams find no rows
-  // and contribute zero partials.
-  teams = (teams + shape.rows_per_block - 1) / shape.rows_per_block * shape.rows_per_block;
-  return teams < shape.rows_per_block ? shape.rows_per_block : teams;
-}
-
 int64_t grid_for(int64_t rows, int64_t rows_per_block) {
   const int64_t blocks = (rows + rows_per_block - 1) / rows_per_block;
   return blocks < (1 << 30) ? blocks : (1 << 30);  // the kernels loop over the rest
@@ -328,34 +654,97 @@ const char* forward_typed(const nk::LayerNormFwdParams& p, cudaStream_t stream) 
                static_cast<T*>(p.y), static_cast<T*>(p.s), p.mean, p.rstd, p.rows, (int)p.cols, p.eps};
   const int vec = pick_vec<T>(p.cols, {p.x, p.residual, p.weight, p.bias, p.y, p.s},
                               {p.x_row_stride, p.residual ? p.residual_row_stride : 0});
+  constexpr int V = 16 / sizeof(T);
+  const TeamShape regs = vec == V ? row_team(p.cols / V, fwd_elems_per_thread<V>() / V)
+                                  : row_team(p.cols, fwd_elems_per_thread<1>());
+  if (regs.rows_per_block) {
+    // Enough blocks to fill the GPU a few times over: each loads the weight and bias once and
+    // walks its share of the rows.
+    int64_t blocks = grid_for(p.rows, regs.rows_per_block);
+    if (p.sm_count > 0 && blocks > (int64_t)p.sm_count * kFwdBlocksPerSm) blocks = (int64_t)p.sm_count * kFwdBlocksPerSm;
+    const dim3 grid((unsigned)blocks);
+    return status(vec == V ? launch_kernel(layer_norm_fwd_kernel<T, V>, grid, regs.block, 0, stream, a)
+                           : launch_kernel(layer_norm_fwd_kernel<T, 1>, grid, regs.block, 0, stream, a));
+  }
   const TeamShape shape = team_shape(p.cols, vec);
   const dim3 grid((unsigned)grid_for(p.rows, shape.rows_per_block));
-  constexpr int V = 16 / sizeof(T);
-  return status(vec == V ? launch_kernel(layer_norm_fwd_kernel<T, V>, grid, shape.block, 0, stream, a)
-                         : launch_kernel(layer_norm_fwd_kernel<T, 1>, grid, shape.block, 0, stream, a));
+  return status(vec == V ? launch_kernel(layer_norm_fwd_wide_kernel<T, V>, grid, shape.block, 0, stream, a)
+                         : launch_kernel(layer_norm_fwd_wide_kernel<T, 1>, grid, shape.block, 0, stream, a));
+}
+
+// The backward's plan: stage 1's blocks (from the shape, the SM count and the vector width) and
+// stage 2's tiles and chunks. The workspace (partial rows: the row groups, chunk sums,
+// counters) depends on neither the SM count's blocks nor the width, so that it can be sized
+// before the launcher sees the pointers.
+struct BwdPlan {
+  bool registers;        // layer_norm_bwd_kernel (else the wide kernel)
+  dim3 block;
+  int64_t blocks;        // stage 1's grid
+  int64_t groups;        // partial rows
+  int cv;                // stage 2's floats per thread (4: 16-byte loads)
+  int64_t tiles, chunks; // stage 2's grid
+  int64_t cols;
+  int64_t workspace_floats() const { return groups * 2 * cols + chunks * 2 * cols + tiles; }
+};
+
+BwdPlan bwd_plan(int64_t rows, int64_t cols, int sm_count, int vec) {
+  BwdPlan p{};
+  p.cols = cols;
+  const int64_t sms = sm_count > 0 ? sm_count : 1;
+  // Vectors of 16 bytes (any T: 4 floats or 8 halves) hold 16 elements in 16 / vec chunks.
+  const TeamShape regs = vec == 1 ? row_team(cols, bwd_elems_per_thread<1>())
+                                  : row_team(cols / vec, bwd_elems_per_thread<4>() / vec);
+  p.registers = regs.rows_per_block > 0;
+  p.groups = (rows + kGroupRows - 1) / kGroupRows;
+  int64_t blocks_per_sm = kBwdBlocksPerSm;
+  TeamShape team = regs;
+  if (!p.registers) {
+    // The wide kernel: ~32 elements per thread as its loop walks the row.
+    const int64_t threads = ((cols + 31) / 32 + 31) / 32 * 32;
+    team = {dim3((unsigned)(threads > kMaxThreads ? kMaxThreads : threads), 1), 1};
+    blocks_per_sm = 2;
+  } else if (regs.rows_per_block > 1) {
+    blocks_per_sm = kBwdWarpBlocksPerSm;
+  }
+  p.block = team.block;
+  p.blocks = (p.groups + team.rows_per_block - 1) / team.rows_per_block;
+  if (p.blocks > sms * blocks_per_sm) p.blocks = sms * blocks_per_sm;
+  if (p.blocks < 1) p.blocks = 1;
+  p.cv = cols % 4 == 0 ? 4 : 1;
+  const int64_t tile_cols = (int64_t)kReduceCols * p.cv;
+  p.tiles = (cols + tile_cols - 1) / tile_cols;
+  p.chunks = (p.groups + kReduceChunkRows - 1) / kReduceChunkRows;
+  return p;
 }
 
 template <typename T>
 const char* backward_typed(const nk::LayerNormBwdParams& p, cudaStream_t stream) {
-  const int64_t teams = bwd_teams(p.rows, p.cols, p.sm_count);
-  BwdArgs<T> a{static_cast<const T*>(p.dy), p.dy_row_stride, static_cast<const T*>(p.xs),
-               p.xs_row_stride, static_cast<const T*>(p.ds), p.ds_row_stride,
-               static_cast<const T*>(p.weight), p.mean, p.rstd, static_cast<T*>(p.dx), p.workspace,
-               p.rows, (int)p.cols};
   const int vec = pick_vec<T>(p.cols, {p.dy, p.xs, p.ds, p.weight, p.dx},
                               {p.dy_row_stride, p.xs_row_stride, p.ds ? p.ds_row_stride : 0});
-  const TeamShape shape = team_shape(p.cols, vec);
-  const dim3 grid((unsigned)(teams / shape.rows_per_block));
+  const BwdPlan plan = bwd_plan(p.rows, p.cols, p.sm_count, vec);
+  float* partial = p.workspace;
+  float* chunk_sums = partial + plan.groups * 2 * p.cols;
+  auto* counters = reinterpret_cast<unsigned*>(chunk_sums + plan.chunks * 2 * p.cols);
+  BwdArgs<T> a{static_cast<const T*>(p.dy), p.dy_row_stride, static_cast<const T*>(p.xs),
+               p.xs_row_stride, static_cast<const T*>(p.ds), p.ds_row_stride,
+               static_cast<const T*>(p.weight), p.mean, p.rstd, static_cast<T*>(p.dx), partial,
+               counters, (int)plan.tiles, p.rows, (int)p.cols};
   constexpr int V = 16 / sizeof(T);
-  const char* err =
-      status(vec == V ? launch_kernel(layer_norm_bwd_kernel<T, V>, grid, shape.block, 0, stream, a)
-                      : launch_kernel(layer_norm_bwd_kernel<T, 1>, grid, shape.block, 0, stream, a));
-  if (err) return err;
-  const int threads = 256;
-  const dim3 rgrid((unsigned)((p.cols + threads - 1) / threads));
-  return status(launch_kernel(layer_norm_bwd_reduce_kernel<T>, rgrid, dim3(threads), 0, stream,
-                              (const float*)p.workspace, teams, (int)p.cols,
-                              static_cast<T*>(p.dweight), static_cast<T*>(p.dbias)));
+  const dim3 grid((unsigned)plan.blocks);
+  cudaError_t err;
+  if (plan.registers) {
+    err = vec == V ? launch_kernel(layer_norm_bwd_kernel<T, V>, grid, plan.block, 0, stream, a)
+                   : launch_kernel(layer_norm_bwd_kernel<T, 1>, grid, plan.block, 0, stream, a);
+  } else {
+    err = vec == V ? launch_kernel(layer_norm_bwd_wide_kernel<T, V>, grid, plan.block, 0, stream, a)
+                   : launch_kernel(layer_norm_bwd_wide_kernel<T, 1>, grid, plan.block, 0, stream, a);
+  }
+  if (const char* e = status(err)) return e;
+  BwdReduceArgs<T> r{partial, plan.groups, (int)p.cols, (int)plan.chunks, chunk_sums, counters,
+                     static_cast<T*>(p.dweight), static_cast<T*>(p.dbias)};
+  const dim3 rgrid((unsigned)plan.tiles, (unsigned)plan.chunks), rblock(kReduceCols, kReduceLanes);
+  return status(plan.cv == 4 ? launch_kernel(layer_norm_bwd_reduce_kernel<T, 4>, rgrid, rblock, 0, stream, r)
+                             : launch_kernel(layer_norm_bwd_reduce_kernel<T, 1>, rgrid, rblock, 0, stream, r));
 }
 
 // Rows need no limit (grid_for caps the grid, the kernels loop over the rest); cols bound the
@@ -390,8 +779,7 @@ const char* layer_norm_backward(const nk::LayerNormBwdParams& p, void* stream) {
 }
 
 int64_t layer_norm_bwd_workspace_floats(int64_t rows, int64_t cols, int sm_count) {
-  const int64_t teams = bwd_teams(rows, cols, sm_count);
-  return teams * 2 * cols;
+  return bwd_plan(rows, cols, sm_count, 1).workspace_floats();
 }
 
 }  // namespace NK_NS

@@ -27,6 +27,7 @@ struct LayerNormFwdParams {
   int64_t cols;
   float eps;
   DType dtype;
+  int sm_count = 0;      // sizes the grid to keep each block's weight and bias loads few (0: a block per row)
 };
 
 struct LayerNormBwdParams {

@@ -92,6 +92,16 @@ struct alignas(16) Pack16 {
   T v[N];
 };
 
+// A load that bypasses L1: for data other blocks wrote during this kernel (after a
+// __threadfence on their side), which this SM's L1 may hold stale.
+__device__ __forceinline__ float load_cg(const float* p) {
+#ifdef __CUDACC__
+  return __ldcg(p);
+#else
+  return *p;
+#endif
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);

@@ -142,6 +142,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_fwd(
                            mean.data_ptr<float>(), rstd.data_ptr<float>(),
                            rows, cols, (float)eps, dtype};
   const Exec e = exec_for(x);
+  p.sm_count = e.sm_count;
   check_launch(NK_DISPATCH(e, layer_norm_forward, p, e.stream), "layer_norm forward");
   return {y, s, mean, rstd};
 }

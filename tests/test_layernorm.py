@@ -249,3 +249,75 @@ def test_module_state_dict_compatibility():
     no_bias = nk.nn.LayerNorm(100, bias=False)
     assert no_bias.bias is None and list(no_bias.state_dict()) == ["weight"]
     assert set(ours.state_dict()) == {"weight", "bias"}
+
+
+@pytest.mark.parametrize("rows,hidden,dtype,wide", [(50, 768, torch.bfloat16, False), (7, 9000, torch.float32, True)],
+                         ids=["row_in_registers", "wide_rows"])
+def test_triton_backward_is_deterministic_for_every_number_of_programs(monkeypatch, rows, hidden, dtype, wide):
+    """The backward sizes its G programs and the reduce's R row chunks by the SM count: with 1, 3,
+    30 and 1000 SMs (G from 2 to every row block, row blocks split unevenly, R = 1, R > 1 and
+    R = G), each run repeats the last one's bits and is right. Different G sum in different
+    orders, so only a GPU's own G repeats bits."""
+    from nanogpt_kernels.triton import layernorm as triton_layernorm
+
+    grids = {"_layer_norm_bwd_kernel": [], "_layer_norm_bwd_reduce_rows_kernel": []}
+
+    class Recorder:
+        def __init__(self, name):
+            self.name, self.kernel = name, getattr(triton_layernorm, name)
+
+        def __getitem__(self, grid):
+            grids[self.name].append(tuple(grid))
+            return self.kernel[grid]
+
+    for name in grids:
+        monkeypatch.setattr(triton_layernorm, name, Recorder(name))
+    x, w, b, dy = make_inputs(rows, hidden, dtype, "cpu")
+    fn = lambda x, w, b: nk.layer_norm(x, w, b, backend="triton")  # noqa: E731
+    for sms in (1, 3, 30, 1000):
+        monkeypatch.setattr(triton_layernorm, "_sm_count", lambda device: sms)
+        first = forward_backward(fn, x, w, b, dy)
+        check_against_reference(fn, x, w, b, dy)
+        for name, a, c in zip(("y", "dx", "dweight", "dbias"), first, forward_backward(fn, x, w, b, dy)):
+            assert torch.equal(a, c), f"{name} differs between runs with {sms} SMs"
+    tiling = triton_layernorm._tiling(hidden, x.element_size(), triton_layernorm._BWD_MAX_CHUNKS)
+    assert (tiling.chunks == 0) == wide
+    assert len({grid[0] for grid in grids["_layer_norm_bwd_kernel"]}) >= 3
+    # Each of the three runs per SM count that reduced in two stages launched the first once.
+    assert 0 < len(grids["_layer_norm_bwd_reduce_rows_kernel"]) < 12
+
+@pytest.mark.parametrize("hidden", [768, 1024])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_triton_row_tiles_fill_every_lane_at_gpt2_widths(hidden, dtype):
+    """GPT-2's rows are whole chunks of one 16-byte access per lane, forward and backward."""
+    from nanogpt_kernels.triton import layernorm as triton_layernorm
+
+    element_size = torch.empty(0, dtype=dtype).element_size()
+    for max_chunks in (triton_layernorm._FWD_MAX_CHUNKS, triton_layernorm._BWD_MAX_CHUNKS):
+        tiling = triton_layernorm._tiling(hidden, element_size, max_chunks)
+        assert tiling.chunks * tiling.block_n == hidden, tiling
+        assert tiling.block_n * element_size % (32 * 16) == 0, tiling
+
+
+@pytest.mark.parametrize("rows,hidden,dtype", [(300, 768, torch.bfloat16), (70, 100, torch.float32),
+                                               (40, 9000, torch.float32)],
+                         ids=["warp_or_block_rows", "unaligned", "wide_rows"])
+def test_cuda_backward_is_the_same_bits_for_every_grid(rows, hidden, dtype):
+    """csrc/layernorm.cu sums dweight and dbias over fixed groups of rows, then fixed chunks of
+    groups, in index order: the grid, sized by the SM count, changes nothing. The harness sizes
+    it for 1, 7, 108 and 132 SMs; each gives the same bits as the first, and is right."""
+    from nanogpt_kernels import _C
+
+    x, w, b, dy = make_inputs(rows, hidden, dtype, "cpu")
+    fn = lambda x, w, b: nk.layer_norm(x, w, b, backend="cuda")  # noqa: E731
+    first = None
+    try:
+        for sms in (1, 7, 108, 132):
+            _C.harness_instruments(sm_count=sms)
+            out = forward_backward(fn, x, w, b, dy)
+            first = first or out
+            for name, a, c in zip(("y", "dx", "dweight", "dbias"), first, out):
+                assert torch.equal(a, c), f"{name} with {sms} SMs differs from 1 SM's"
+        check_against_reference(fn, x, w, b, dy)
+    finally:
+        _C.harness_instruments()

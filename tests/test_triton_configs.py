@@ -111,7 +111,7 @@ def test_a_kernel_the_probe_never_launches(monkeypatch):
     forward_only = lambda module, dtype: module.layer_norm_fwd(  # noqa: E731
         torch.empty(5, 37, dtype=dtype), None, torch.empty(37, dtype=dtype), None, 1e-5)
     monkeypatch.setitem(triton_configs.PROBES, triton_layernorm.__name__, forward_only)
-    message = (r"config 'layer_norm_bwd_fp32_n1024_ds0_bias0' \(kernel _layer_norm_bwd_kernel, dtype fp32\): "
+    message = (r"config 'layer_norm_bwd_fp32_n128x1_ds0_bias0' \(kernel _layer_norm_bwd_kernel, dtype fp32\): "
                "the probe never launched this kernel with this dtype")
     with pytest.raises(ValueError, match=message):
         derive_configs(triton_layernorm)

@@ -92,16 +92,20 @@ def test_gemm_tiles_per_arch_and_grids(recorded):
 
 
 def test_layer_norm_column_sum_and_init_grids(recorded):
-    """Partials: LayerNorm backward's 528 programs each own a row of dweight and of dbias;
-    the column sum's first stage is (N / 128 column blocks) x (M / 256 row slices) on one
-    axis, its reduce one program per column block; normal_init_ 512 Philox counter blocks
-    (4 elements each) per program."""
-    _, calls = recorded
+    """LayerNorm forward: 4 rows of 768 columns (3 chunks of 256) per program. Backward: two
+    programs per SM each write a row of partial dweight and dbias, summed in 12 column tiles of
+    64 by as many row chunks as fill the SMs, then per tile; the column sum's first stage is
+    (N / 128 column blocks) x (M / 256 row slices) on one axis, its reduce one program per column
+    block; normal_init_ 512 Philox counter blocks (4 elements each) per program."""
+    cc, calls = recorded
+    sms = {80: 108, 90: 132}[cc]
     (fwd,) = launches(calls, "layernorm", "forward")
     assert (fwd["kernel"], fwd["grid"], fwd["block"]) == (
-        "layer_norm_fwd_bf16_n1024_res1_bias1", [M, 1, 1], [128, 1, 1])
+        "layer_norm_fwd_bf16_n256x3_res1_bias1", [M // 4, 1, 1], [128, 1, 1])
     assert [(launch["kernel"], launch["grid"]) for launch in launches(calls, "layernorm", "backward")] == [
-        ("layer_norm_bwd_bf16_n1024_ds1_bias1", [528, 1, 1]), ("layer_norm_bwd_reduce_bf16_bias1", [C // 64, 1, 1])]
+        ("layer_norm_bwd_bf16_n256x3_ds1_bias1", [2 * sms, 1, 1]),
+        ("layer_norm_bwd_reduce_rows_bias1", [C // 64, sms // (C // 64), 1]),
+        ("layer_norm_bwd_reduce_bf16_bias1", [C // 64, 1, 1])]
     sums = [c for c in calls if c.name == "cuda_column_sum"]
     assert [[launch["grid"] for launch in c.launches] for c in sums] == [
         [[N // 128 * M // 256, 1, 1], [N // 128, 1, 1]] for N in (C, 4 * C)]
@@ -117,7 +121,7 @@ def test_other_shapes_record_too():
     assert {c.name for c in calls} == set(predict.CUDA_OPS)
     (ln,) = [c for c in record_triton_step(predict.bench_shapes("layer_norm", {"rows": 1000, "hidden": 1600}),
                                            ("layernorm",), 90) if c.phase == "forward"]
-    assert ln.launches[0]["kernel"] == "layer_norm_fwd_bf16_n2048_res0_bias1" and "residual" not in ln.tensors
+    assert ln.launches[0]["kernel"] == "layer_norm_fwd_bf16_n512x4_res0_bias1" and "residual" not in ln.tensors
     mlp_calls = record_triton_step(predict.bench_shapes("gelu_mlp", {"M": 17, "C": 768, "H": 3072}), ("mlp",), 90)
     assert mlp_calls[0].launches[0]["kernel"] == "gemm_bf16_small_arow_bk"
     assert [len(c.launches) for c in mlp_calls if c.name == "cuda_column_sum"] == [1, 1]
@@ -133,10 +137,10 @@ def test_a_launch_without_configuration_is_an_error(monkeypatch):
 
 
 def test_nothing_patched_survives():
-    capability = torch.cuda.get_device_capability
+    capability, properties = torch.cuda.get_device_capability, torch.cuda.get_device_properties
     before = {module: dict(vars(module)) for module in LAUNCHERS}
     record_triton_step(GPT2, ("layernorm", "init"), 80)
-    assert torch.cuda.get_device_capability is capability
+    assert torch.cuda.get_device_capability is capability and torch.cuda.get_device_properties is properties
     for module, attributes in before.items():
         assert dict(vars(module)) == attributes  # the same kernels, launchers and device guard
     t = torch.empty(2)

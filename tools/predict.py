@@ -167,7 +167,8 @@ def _tensors(name: str, args, out) -> dict:
     named = dict(zip(_ARG_NAMES[name], args))
     if name in _OUT_NAMES:
         named.update(zip(_OUT_NAMES[name], out))
-    return {k: (tuple(t.shape), t.element_size()) for k, t in named.items() if isinstance(t, torch.Tensor) and t.numel()}
+    return {k: (tuple(t.shape), t.element_size()) for k, t in named.items()
+            if isinstance(t, torch.Tensor) and t.numel()}
 
 
 @contextlib.contextmanager
@@ -278,7 +279,8 @@ def init_shapes(model: Model) -> list[tuple]:
     """The weight matrices nanoGPT initialises from a normal distribution (embeddings, and per
     layer the attention's and MLP's Linear weights); lm_head is tied to wte."""
     C = model.n_embd
-    return [(VOCAB, C), (T, C)] + [s for _ in range(model.n_layer) for s in ((3 * C, C), (C, C), (4 * C, C), (C, 4 * C))]
+    per_layer = ((3 * C, C), (C, C), (4 * C, C), (C, 4 * C))
+    return [(VOCAB, C), (T, C)] + [s for _ in range(model.n_layer) for s in per_layer]
 
 
 # -- launch arithmetic -------------------------------------------------------------------------
@@ -312,6 +314,8 @@ class Work:
 # column_sum_final_kernel) issue this many rows' loads per iteration: nvcc unrolls them 4x
 # (tests/test_predict.py checks it in their SASS); each iteration waits for its loads.
 REDUCE_UNROLL = 4
+# csrc/layernorm.cu's kGroupRows: the backward's partial rows are groups of this many rows.
+LN_GROUP_ROWS = 16
 
 
 def _rows_per_team(call: Call, launch: dict) -> int:
@@ -342,31 +346,90 @@ def work(call: Call) -> list[Work]:
         per_row = C * call.tensors["x"][1] * (1 + 2 + 1 + (2 if "residual" in call.tensors else 0)) + 8
         return [Work(dram_bytes=_all(call), global_bytes=rows * per_row,
                      serial_round_trips=_rows_per_team(call, call.launches[0]))]
+    if call.name == "cuda_layer_norm_fwd" and "wide" not in call.launches[0]["kernel"]:
+        # csrc/layernorm.cu's register path: x (and the residual) read once, s and y written
+        # from registers, weight and bias once per block; one round trip per row.
+        rows, C = call.tensors["mean"][0][0], call.tensors["weight"][0][0]
+        params = _size(call, "weight", "bias")
+        return [Work(dram_bytes=_all(call), global_bytes=_all(call) - params + call.launches[0]["grid"][0] * params,
+                     serial_round_trips=_rows_per_team(call, call.launches[0]))]
     if call.name == "cuda_layer_norm_fwd":
-        # Per row: x (and the residual, and s written) in a first pass, the normalised input
-        # read twice more (mean, variance, output passes: L1 and L2 hits), weight and bias,
-        # y written: three dependent round trips.
+        # The wide kernel, per row: x (and the residual, and s written) in a first pass, the
+        # normalised input read twice more (variance and output passes: L1 and L2 hits), weight
+        # and bias, y written: three dependent round trips.
         rows, C = call.tensors["mean"][0][0], call.tensors["weight"][0][0]
         row = C * call.tensors["x"][1]
         per_row = row * (1 + 2 + 2 + 1 + (2 if "residual" in call.tensors else 0)) + 8
         return [Work(dram_bytes=_all(call), global_bytes=rows * per_row,
                      serial_round_trips=3 * _rows_per_team(call, call.launches[0]))]
+    if call.name == "cuda_layer_norm_bwd" and not triton and "wide" not in call.launches[0]["kernel"]:
+        # csrc/layernorm.cu's register path: each team reads dy and xs (and ds) once per row and
+        # writes dx, keeps its weight in registers, and writes one fp32 row per gradient for each
+        # group of LN_GROUP_ROWS rows; the reduce kernel reads those rows once (column tiles x
+        # chunks of them), writes each chunk's sums, and a tile's last block adds them up.
+        rows, C = call.tensors["mean"][0][0], call.tensors["weight"][0][0]
+        es = call.tensors["dy"][1]
+        main_launch, reduce_launch = call.launches[0], call.launches[-1]
+        teams = main_launch["grid"][0] * main_launch["block"][1]
+        groups = math.ceil(rows / LN_GROUP_ROWS)
+        chunks = reduce_launch["grid"][1]
+        partials, chunk_sums = groups * 2 * C * 4, chunks * 2 * C * 4
+        weights = main_launch["grid"][0] * C * es
+        streamed = _size(call, "dy", "xs", "mean", "rstd", "ds", "dx")
+        main = Work(dram_bytes=streamed + _size(call, "weight") + partials,
+                    global_bytes=streamed + weights + partials,
+                    serial_round_trips=math.ceil(groups / teams) * LN_GROUP_ROWS)
+        out = _size(call, "dweight", "dbias")
+        # Its chain: each of 8 row lanes adds its 2 partial rows, then (the tile's last block)
+        # its share of the chunks' sums.
+        reduce = Work(dram_bytes=partials + out, global_bytes=partials + 2 * chunk_sums + out,
+                      serial_round_trips=LN_GROUP_ROWS // 8 + math.ceil(chunks / 8))
+        return [main, reduce][:n]
+    if call.name == "cuda_layer_norm_bwd" and triton and "_wide" not in call.launches[0]["kernel"]:
+        # nanogpt_kernels/triton/layernorm.py's register path: G programs (grid.x) take steps of
+        # ROWS rows, each reading dy and xs (and ds) once and weight per row (L1), writing dx,
+        # and write one fp32 row per gradient at their end. With three launches the first reduce
+        # sums R (its grid.y) chunks of those G rows per 64-column tile and the second the R
+        # chunk sums; with two, the one reduce sums the G rows.
+        from nanogpt_kernels.triton import layernorm
+        rows, C = call.tensors["mean"][0][0], call.tensors["weight"][0][0]
+        es = call.tensors["dy"][1]
+        G = call.launches[0]["grid"][0]
+        step = layernorm._tiling(C, es, layernorm._BWD_MAX_CHUNKS).rows
+        partials = G * 2 * C * 4
+        streamed = _size(call, "dy", "xs", "mean", "rstd", "ds", "dx")
+        main = Work(dram_bytes=streamed + _size(call, "weight") + partials,
+                    global_bytes=streamed + rows * C * es + partials,
+                    serial_round_trips=math.ceil(math.ceil(rows / step) / G))
+        out = _size(call, "dweight", "dbias")
+        if n == 3:
+            R = call.launches[1]["grid"][1]
+            sums = R * 2 * C * 4
+            return [main, Work(dram_bytes=partials + sums, global_bytes=partials + sums,
+                               serial_round_trips=_reduce_steps(call, math.ceil(G / R))),
+                    Work(dram_bytes=sums + out, global_bytes=sums + out, serial_round_trips=_reduce_steps(call, R))]
+        return [main, Work(dram_bytes=partials + out, global_bytes=partials + out,
+                           serial_round_trips=_reduce_steps(call, G))][:n]
     if call.name == "cuda_layer_norm_bwd":
         # Per row, twice: dy, xs and weight (the first pass for the row sums, the second for dx,
-        # with ds); and a read-modify-write of the team's fp32 partial rows of dweight and dbias.
-        # The reduce kernel sums those partials per column (_reduce_steps). Triton's programs
-        # (one team each) do the same; the partials torch.zeros clears first are not counted.
+        # with ds); and a read-modify-write of the team's fp32 partial rows of dweight and dbias
+        # (the wide kernel of csrc/layernorm.cu, and Triton's). The reduce kernel sums those
+        # partials per column (_reduce_steps). Triton's programs (one team each) do the same;
+        # the partials torch.zeros clears first are not counted.
         rows, C = call.tensors["mean"][0][0], call.tensors["weight"][0][0]
         es = call.tensors["dy"][1]
         teams = call.launches[0]["grid"][0] * call.launches[0]["block"][1]
-        partials = teams * 2 * C * 4
+        # Triton's programs own a partial row each; the wide CUDA kernel's blocks one per row group.
+        partial_rows = teams if triton else math.ceil(rows / LN_GROUP_ROWS)
+        partials = partial_rows * 2 * C * 4
         per_row = C * es * (3 + 4 + (1 if "ds" in call.tensors else 0)) + 4 * C * 4 + 8
         main = Work(dram_bytes=_size(call, "dy", "xs", "weight", "mean", "rstd", "ds", "dx") + partials,
                     global_bytes=rows * per_row + partials,
                     serial_round_trips=2 * _rows_per_team(call, call.launches[0]))
+        steps = (_reduce_steps(call, teams) if triton
+                 else LN_GROUP_ROWS // 8 + math.ceil(call.launches[-1]["grid"][1] / 8))
         reduce = Work(dram_bytes=partials + _size(call, "dweight", "dbias"),
-                      global_bytes=partials + _size(call, "dweight", "dbias"),
-                      serial_round_trips=_reduce_steps(call, teams))
+                      global_bytes=partials + _size(call, "dweight", "dbias"), serial_round_trips=steps)
         return [main, reduce][:n]
     if call.name == "cuda_gemm":
         (M, K), (_, N) = call.tensors["a"][0], call.tensors["b"][0]
@@ -482,7 +545,8 @@ def wide_access_share(row) -> float | None:
     return 16 * wide / (16 * wide + 4 * narrow) if wide + narrow else None
 
 
-def predict_launches(calls: list[Call], rows: dict, gpu: GPU, label: str, banks: dict | None = None) -> list[LaunchPrediction]:
+def predict_launches(calls: list[Call], rows: dict, gpu: GPU, label: str,
+                     banks: dict | None = None) -> list[LaunchPrediction]:
     from tools.kernels import occupancy
 
     out = []
@@ -558,7 +622,8 @@ def eager_seconds(op: str, phase: str, shapes: Shapes, gpu: GPU) -> float:
         B, H, D, t = shapes.batch, shapes.heads, shapes.head_dim, shapes.seq
         fwd = 4.0 * B * H * t * (t + 1) / 2 * D
         flops = fwd if phase == "forward" else 2.5 * fwd
-        return max(flops / (gpu.tensor_flops * EAGER[gpu.arch]["attention_fwd" if phase == "forward" else "attention_bwd"]), MIN_LAUNCH_S)
+        fraction = EAGER[gpu.arch]["attention_fwd" if phase == "forward" else "attention_bwd"]
+        return max(flops / (gpu.tensor_flops * fraction), MIN_LAUNCH_S)
     if op == "mlp":
         F = shapes.mlp_hidden
         hidden = M * F * b
@@ -714,7 +779,7 @@ def record_backend(shapes: Shapes, ops, backend: str, gpu: GPU) -> list[Call]:
     if backend == "cuda":
         return record_step(shapes, ops, sm_count=gpu.sms)
     from tools.triton_launches import record_triton_step
-    return record_triton_step(shapes, ops, cc=int(gpu.arch[3:5]))
+    return record_triton_step(shapes, ops, cc=int(gpu.arch[3:5]), sm_count=gpu.sms)
 
 
 def predict(models=("gpt2", "gpt2-medium"), gpus=DEFAULT_GPUS, ops=OPS, rows=None, banks=True,
@@ -729,9 +794,9 @@ def predict(models=("gpt2", "gpt2-medium"), gpus=DEFAULT_GPUS, ops=OPS, rows=Non
         model = MODELS[key]
         conflicts = record_banks(model.shapes, ops) if banks and "cuda" in backends else None
         for backend in backends:
-            recorded = {}  # launches differ only by SM count (CUDA) or arch (Triton)
+            recorded = {}  # launches differ only by SM count (CUDA) or arch and SM count (Triton)
             for gpu in gpus:
-                target = gpu.sms if backend == "cuda" else gpu.arch
+                target = gpu.sms if backend == "cuda" else f"{gpu.arch}/{gpu.sms}"
                 if target not in recorded:
                     recorded[target] = calls = record_backend(model.shapes, ops, backend, gpu)
                     out["calls"] += [{"model": model.name, "backend": backend, "target": target, "op": c.op,
@@ -792,7 +857,8 @@ def format_gpus(gpus) -> str:
              f"{'clocks/HMMA':>11} {'issue/clk':>9} {'smem B/clk':>10}  source"]
     for g in gpus:
         lines.append(f"{g.name:<15} {g.sms:4d} {g.clock_hz / 1e9:9.2f} {g.tensor_flops / 1e12:12.0f} "
-                     f"{g.mma_sync_ceiling:8.0%} {g.dram_bandwidth / 1e12:8.2f} {HMMA_FLOP / g.tensor_flop_per_clock_per_sm:11.0f} "
+                     f"{g.mma_sync_ceiling:8.0%} {g.dram_bandwidth / 1e12:8.2f} "
+                     f"{HMMA_FLOP / g.tensor_flop_per_clock_per_sm:11.0f} "
                      f"{ISSUE_SLOTS_PER_CLOCK:9d} {SHARED_BYTES_PER_CLOCK:10d}  {g.source}")
     lines.append("mma.sync: the share of the dense peak our mma.sync kernels can reach (Hopper's peak needs wgmma; "
                  "benchmarks/gpus.py says why 65%); DRAM latency for Little's law "
@@ -806,7 +872,8 @@ def markdown(result: dict) -> str:
     for o in result["ops"]:
         out.append(f"| {o.model} | {o.gpu} | {o.backend} | {o.op} | {o.phase} | {o.ours_s * 1e6:.1f} | "
                    f"{o.eager_s * 1e6:.1f} | {o.speedup:.2f}x | {o.fraction_of_roofline:.0%} |")
-    out += ["", "| model | GPU | backend | step, ours (ms) | step, eager (ms) | speedup |", "|---|---|---|---:|---:|---:|"]
+    out += ["", "| model | GPU | backend | step, ours (ms) | step, eager (ms) | speedup |",
+            "|---|---|---|---:|---:|---:|"]
     for s in result["steps"]:
         out.append(f"| {s['model']} | {s['gpu']} | {s['backend']} | {s['ours_s'] * 1e3:.2f} | {s['eager_s'] * 1e3:.2f} | "
                    f"{s['speedup']:.2f}x |")
@@ -817,8 +884,9 @@ def budget_figures(result: dict) -> dict:
     """{section: {key: {figure: value}}} of the budgets' "launches", "calls" and "ops" sections
     (tools/budgets.py), for the GPUs of BUDGET_GPUS in the result."""
     names = {GPUS[g].name: g for g in BUDGET_GPUS}
-    # The calls were recorded once per SM count (CUDA) or arch (Triton): named by the budget GPU.
-    targets = {t: g for g in BUDGET_GPUS for t in (GPUS[g].sms, GPUS[g].arch)}
+    # The calls were recorded once per SM count (CUDA) or arch and SM count (Triton): named by the
+    # budget GPU.
+    targets = {t: g for g in BUDGET_GPUS for t in (GPUS[g].sms, f"{GPUS[g].arch}/{GPUS[g].sms}")}
     out = {"launches": {}, "calls": {}, "ops": {}}
     index = {}
     for lp in result["launches"]:

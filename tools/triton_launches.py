@@ -5,7 +5,8 @@ The Triton launchers choose GPU configurations only for CUDA tensors (tiles by
 `torch.cuda.get_device_capability`, UPCAST_DOT off); on CPU tensors they choose the
 interpreter's. So the ops' own bodies (nanogpt_kernels/ops/*.py, the functions their custom ops
 wrap) run here on fake CUDA tensors, torch's FakeTensorMode: shapes, strides, dtype and device,
-no memory. The capability is the one asked for, the device guard does nothing and every @jit
+no memory. The capability and SM count (`torch.cuda.get_device_properties`, which LayerNorm's
+backward sizes its grids by) are the ones asked for, the device guard does nothing and every @jit
 function of the Triton modules is a recorder (tools/triton_configs.record_launches): no kernel
 runs and none compiles. Ops with no CUDA tensor stay real, because normal_init_'s launcher sizes
 its grid from a table it builds on the host, and a fake tensor has no values to read.
@@ -19,15 +20,15 @@ Triton's binder gives the launch on that GPU. Divisibility attributes do not cou
 tensor's data pointer is 0, so every pointer would pass as 16-byte aligned. A launch that no
 configuration describes is an error, since the report would not know the kernel it runs.
 
-Not recorded: the work the launchers leave to torch. layer_norm_bwd zeroes its float32 partials
-with torch.zeros (two fill kernels, 2 x G x N x 4 bytes), and normal_init_ copies its table to
-the GPU (a few KB).
+Not recorded: the work the launchers leave to torch. normal_init_ copies its table to the GPU (a
+few KB).
 """
 from __future__ import annotations
 
 import contextlib
 import inspect
 import math
+import types
 import warnings
 from unittest import mock
 
@@ -124,9 +125,16 @@ def _exercise(shapes: predict.Shapes, ops, phase) -> None:
         normal_init.normal_init_(params, [0.0] * n, [0.02] * n, list(range(n)), [0] * n, 0)
 
 
-def record_triton_step(shapes: predict.Shapes | predict.Model, ops=predict.OPS, cc: int = 90) -> list[predict.Call]:
+# The SMs of each arch's SXM part (A100, H100), for a recording that names only the arch.
+SM_COUNTS = {80: 108, 90: 132}
+
+
+def record_triton_step(shapes: predict.Shapes | predict.Model, ops=predict.OPS, cc: int = 90,
+                       sm_count: int | None = None) -> list[predict.Call]:
     """The Triton launcher calls, with their launches, of one layer's ops at `shapes` (or a
-    model's) with backend "triton" on a GPU of compute capability `cc`, as predict.Calls."""
+    model's) with backend "triton" on a GPU of compute capability `cc` with `sm_count` SMs
+    (default SM_COUNTS[cc]), as predict.Calls."""
+    properties = types.SimpleNamespace(multi_processor_count=sm_count or SM_COUNTS[cc])
     shapes = shapes.shapes if isinstance(shapes, predict.Model) else shapes
     # Derived before anything is patched: the derivation runs the launchers on CPU tensors.
     configs = {module: derive_configs(module, cc) for module in LAUNCHERS}
@@ -153,6 +161,7 @@ def record_triton_step(shapes: predict.Shapes | predict.Model, ops=predict.OPS, 
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.object(torch.cuda, "get_device_capability",
                                               lambda device=None: (cc // 10, cc % 10)))
+        stack.enter_context(mock.patch.object(torch.cuda, "get_device_properties", lambda device=None: properties))
         for module, launchers in LAUNCHERS.items():
             # torch.cuda.device would initialise CUDA, which this machine need not have.
             stack.enter_context(mock.patch.object(module, "device_guard", lambda t: contextlib.nullcontext()))

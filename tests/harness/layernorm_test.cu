@@ -28,6 +28,7 @@ void run_case(int64_t rows, int64_t cols, int64_t row_stride, bool residual, boo
   nk::LayerNormFwdParams fp{x.data(), row_stride, residual ? r.data() : nullptr, row_stride, w.data(),
                             bias ? b.data() : nullptr, y.data(), residual ? s.data() : nullptr, mean.data(),
                             rstd.data(), rows, cols, 1e-5f, nk::DType::f32};
+  fp.sm_count = 3;  // blocks walk several rows each (the 16-bit cases take a block per row)
   if (const char* err = nk_cpu::layer_norm_forward(fp, nullptr)) {
     std::printf("FAIL forward launch: %s\n", err);
     ++g_failed;
@@ -126,13 +127,56 @@ void run_bounds_case(int64_t rows, int64_t cols, int64_t row_stride, bool residu
   }
 }
 
+// dweight and dbias are summed in an order fixed by the row and column indices (csrc/layernorm.cu):
+// the same bits whatever the SM count, so whatever the grid and the number of blocks per stage.
+template <typename T>
+void run_grid_independence_case(int64_t rows, int64_t cols, nk::DType dtype) {
+  std::mt19937 rng(static_cast<unsigned>(rows * 5 + cols));
+  std::normal_distribution<float> normal;
+  std::vector<T> xs(rows * cols), dy(rows * cols), dx(rows * cols), w(cols);
+  for (auto* v : {&xs, &dy, &w})
+    for (T& e : *v) e = nk_cpu::from_float<T>(normal(rng));
+  std::vector<float> mean(rows), rstd(rows);
+  for (int64_t i = 0; i < rows; ++i) {
+    mean[i] = 0.1f * normal(rng);
+    rstd[i] = 1.0f + 0.1f * std::fabs(normal(rng));
+  }
+  std::vector<T> first_dw, first_db;
+  for (int sms : {1, 3, 7, 108}) {
+    std::vector<T> dw(cols), db(cols);
+    std::vector<float> ws(nk_cpu::layer_norm_bwd_workspace_floats(rows, cols, sms));
+    poison(ws);
+    nk::LayerNormBwdParams bp{dy.data(), cols, xs.data(), cols, nullptr, cols, w.data(), mean.data(), rstd.data(),
+                              dx.data(), dw.data(), db.data(), ws.data(), rows, cols, sms, dtype};
+    if (const char* err = nk_cpu::layer_norm_backward(bp, nullptr)) {
+      std::printf("FAIL grid independence rows=%ld cols=%ld sms=%d: %s\n", (long)rows, (long)cols, sms, err);
+      ++g_failed;
+      return;
+    }
+    digest(dw);
+    digest(db);
+    if (first_dw.empty()) {
+      first_dw = dw;
+      first_db = db;
+    } else if (std::memcmp(dw.data(), first_dw.data(), cols * sizeof(T)) ||
+               std::memcmp(db.data(), first_db.data(), cols * sizeof(T))) {
+      std::printf("FAIL grid independence rows=%ld cols=%ld: dweight/dbias with %d SMs differ from 1 SM's\n",
+                  (long)rows, (long)cols, sms);
+      ++g_failed;
+      return;
+    }
+  }
+  ++g_passed;
+}
+
 }  // namespace
 
 // Usage: layernorm_test [quick]. quick: one shape per kernel variant (a warp per row with
 // both vector widths, a block per row), for scripts/sanitize's ThreadSanitizer run.
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && !std::strcmp(argv[1], "quick");
-  const std::vector<int64_t> all_rows = {1, 7, 33}, all_cols = {1, 3, 48, 100, 1000, 1028, 4097};
+  // 8193 columns take the wide backward; 33 rows are three row groups, the last one short.
+  const std::vector<int64_t> all_rows = {1, 7, 33}, all_cols = {1, 3, 48, 100, 1000, 1028, 4097, 8193};
   const std::vector<int64_t> quick_rows = {7}, quick_cols = {3, 48, 1028};
   for (int64_t rows : quick ? quick_rows : all_rows)
     for (int64_t cols : quick ? quick_cols : all_cols)
@@ -144,6 +188,10 @@ int main(int argc, char** argv) {
           run_bounds_case<__nv_bfloat16>(rows, cols, stride, residual, nk::DType::bf16);
         }
       }
+  for (int64_t cols : quick ? quick_cols : all_cols) {
+    run_grid_independence_case<float>(quick ? 40 : 300, cols, nk::DType::f32);
+    run_grid_independence_case<__nv_bfloat16>(quick ? 40 : 300, cols, nk::DType::bf16);
+  }
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   print_digest();
   return g_failed ? 1 : 0;
