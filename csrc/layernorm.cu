@@ -38,6 +38,17 @@ __device__ __forceinline__ void load_vec(const T* p, float (&out)[VEC]) {
   for (int k = 0; k < VEC; ++k) out[k] = to_float(v.v[k]);
 }
 
+// VEC values of an optional tensor (p is null when it is absent): zeros then.
+template <typename T, int VEC>
+__device__ __forceinline__ void load_vec_or_zero(const T* p, float (&out)[VEC]) {
+  if (p) {
+    load_vec<T, VEC>(p, out);
+  } else {
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) out[k] = 0.0f;
+  }
+}
+
 __device__ __forceinline__ unsigned bits_of(float v) { return __float_as_uint(v); }
 __device__ __forceinline__ unsigned bits_of(__half v) { return __half_as_ushort(v); }
 __device__ __forceinline__ unsigned bits_of(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
@@ -139,7 +150,8 @@ constexpr int kFwdBlocksPerSm = 16;
 // each team's chain of rows but add traffic.
 constexpr int kGroupRows = 16;
 // Stage 2's block: kReduceCols threads across columns, kReduceLanes across partial rows, and
-// kReduceChunkRows partial rows per block.
+// kReduceChunkRows partial rows per block (twice as many, again, while the chunks would overflow
+// grid.y: a function of the row count alone, so the order stays the grid's no matter).
 constexpr int kReduceCols = 32;
 constexpr int kReduceLanes = 8;
 constexpr int kReduceChunkRows = 16;
@@ -194,12 +206,7 @@ __global__ void __launch_bounds__(kMaxThreads) layer_norm_fwd_wide_kernel(FwdArg
       float v[VEC], w[VEC], b[VEC];
       load_vec<T, VEC>(xs + i * VEC, v);
       load_vec<T, VEC>(a.weight + i * VEC, w);
-      if (a.bias) {
-        load_vec<T, VEC>(a.bias + i * VEC, b);
-      } else {
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) b[k] = 0.0f;
-      }
+      load_vec_or_zero<T, VEC>(a.bias ? a.bias + i * VEC : nullptr, b);
 #pragma unroll
       for (int k = 0; k < VEC; ++k) v[k] = (v[k] - mu) * rs * w[k] + b[k];
       store_vec<T, VEC>(y + i * VEC, v);
@@ -230,12 +237,7 @@ __global__ void __launch_bounds__(kRegMaxThreads) layer_norm_fwd_kernel(FwdArgs<
     const int i = threadIdx.x + k * blockDim.x;
     if (i < nvec) {
       load_vec<T, VEC>(a.weight + i * VEC, w[k]);
-      if (a.bias) {
-        load_vec<T, VEC>(a.bias + i * VEC, b[k]);
-      } else {
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) b[k][j] = 0.0f;
-      }
+      load_vec_or_zero<T, VEC>(a.bias ? a.bias + i * VEC : nullptr, b[k]);
     } else {
 #pragma unroll
       for (int j = 0; j < VEC; ++j) w[k][j] = b[k][j] = 0.0f;
@@ -319,6 +321,7 @@ struct BwdReduceArgs {
   int64_t rows;
   int cols;
   int chunks;            // gridDim.y
+  int64_t chunk_rows;    // partial rows per block
   float* chunk_sums;     // [chunks, 2, cols]
   unsigned* counters;    // [gridDim.x], zero at launch
   T* dweight;
@@ -404,12 +407,7 @@ __global__ void __launch_bounds__(kRegMaxThreads) layer_norm_bwd_kernel(BwdArgs<
         const int i = threadIdx.x + k * blockDim.x;
         if (i < nvec) {
           float e[VEC];
-          if (a.ds) {
-            load_vec<T, VEC>(a.ds + row * a.ds_stride + i * VEC, e);
-          } else {
-#pragma unroll
-            for (int j = 0; j < VEC; ++j) e[j] = 0.0f;
-          }
+          load_vec_or_zero<T, VEC>(a.ds ? a.ds + row * a.ds_stride + i * VEC : nullptr, e);
 #pragma unroll
           for (int j = 0; j < VEC; ++j) {
             pw[k][j] += d[k][j] * xhat[k][j];
@@ -484,12 +482,7 @@ __global__ void __launch_bounds__(kMaxThreads) layer_norm_bwd_wide_kernel(BwdArg
         load_vec<T, VEC>(dy + i * VEC, d);
         load_vec<T, VEC>(xs + i * VEC, x);
         load_vec<T, VEC>(a.weight + i * VEC, w);
-        if (a.ds) {
-          load_vec<T, VEC>(a.ds + row * a.ds_stride + i * VEC, e);
-        } else {
-#pragma unroll
-          for (int k = 0; k < VEC; ++k) e[k] = 0.0f;
-        }
+        load_vec_or_zero<T, VEC>(a.ds ? a.ds + row * a.ds_stride + i * VEC : nullptr, e);
 #pragma unroll
         for (int k = 0; k < VEC; ++k) {
           const float xhat = (x[k] - mu) * rs;
@@ -503,7 +496,7 @@ __global__ void __launch_bounds__(kMaxThreads) layer_norm_bwd_wide_kernel(BwdArg
 
 // Stage 2: dweight[c] = the sum of partial[r][0][c] over the groups r, dbias likewise,
 // column-parallel. Block (tile, chunk) takes a tile of kReduceCols * CV columns (CV floats,
-// 16 bytes with CV = 4, per thread) and the chunk's kReduceChunkRows partial rows, its
+// 16 bytes with CV = 4, per thread) and the chunk's a.chunk_rows partial rows, its
 // kReduceLanes row lanes summing rows lane, lane + kReduceLanes, ... and then added in lane
 // order; it writes the chunk's sums, and the tile's last block to finish (a counter per tile)
 // adds the chunks' sums the same way (lane l takes chunks l, l + kReduceLanes, ...) and writes
@@ -514,8 +507,8 @@ __global__ void __launch_bounds__(kReduceCols * kReduceLanes) layer_norm_bwd_red
   __shared__ float sum_w[kReduceLanes][kReduceCols * CV], sum_b[kReduceLanes][kReduceCols * CV];
   __shared__ bool last;
   const int c0 = (blockIdx.x * kReduceCols + threadIdx.x) * CV;
-  const int64_t first = (int64_t)blockIdx.y * kReduceChunkRows;
-  const int64_t end = first + kReduceChunkRows < a.rows ? first + kReduceChunkRows : a.rows;
+  const int64_t first = (int64_t)blockIdx.y * a.chunk_rows;
+  const int64_t end = first + a.chunk_rows < a.rows ? first + a.chunk_rows : a.rows;
   float w[CV], b[CV];
 #pragma unroll
   for (int j = 0; j < CV; ++j) w[j] = b[j] = 0.0f;
@@ -683,6 +676,7 @@ struct BwdPlan {
   int64_t groups;        // partial rows
   int cv;                // stage 2's floats per thread (4: 16-byte loads)
   int64_t tiles, chunks; // stage 2's grid
+  int64_t chunk_rows;    // partial rows per chunk
   int64_t cols;
   int64_t workspace_floats() const { return groups * 2 * cols + chunks * 2 * cols + tiles; }
 };
@@ -713,7 +707,9 @@ BwdPlan bwd_plan(int64_t rows, int64_t cols, int sm_count, int vec) {
   p.cv = cols % 4 == 0 ? 4 : 1;
   const int64_t tile_cols = (int64_t)kReduceCols * p.cv;
   p.tiles = (cols + tile_cols - 1) / tile_cols;
-  p.chunks = (p.groups + kReduceChunkRows - 1) / kReduceChunkRows;
+  p.chunk_rows = kReduceChunkRows;
+  while ((p.groups + p.chunk_rows - 1) / p.chunk_rows > kMaxGridYZ) p.chunk_rows *= 2;
+  p.chunks = (p.groups + p.chunk_rows - 1) / p.chunk_rows;
   return p;
 }
 
@@ -740,7 +736,7 @@ const char* backward_typed(const nk::LayerNormBwdParams& p, cudaStream_t stream)
                    : launch_kernel(layer_norm_bwd_wide_kernel<T, 1>, grid, plan.block, 0, stream, a);
   }
   if (const char* e = status(err)) return e;
-  BwdReduceArgs<T> r{partial, plan.groups, (int)p.cols, (int)plan.chunks, chunk_sums, counters,
+  BwdReduceArgs<T> r{partial, plan.groups, (int)p.cols, (int)plan.chunks, plan.chunk_rows, chunk_sums, counters,
                      static_cast<T*>(p.dweight), static_cast<T*>(p.dbias)};
   const dim3 rgrid((unsigned)plan.tiles, (unsigned)plan.chunks), rblock(kReduceCols, kReduceLanes);
   return status(plan.cv == 4 ? launch_kernel(layer_norm_bwd_reduce_kernel<T, 4>, rgrid, rblock, 0, stream, r)

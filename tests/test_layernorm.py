@@ -2,6 +2,8 @@
 
 On this machine "triton" runs in Triton's interpreter and "cuda" runs our CUDA C++ source
 through the CPU harness; on a GPU machine the same tests also run on CUDA tensors."""
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -321,3 +323,23 @@ def test_cuda_backward_is_the_same_bits_for_every_grid(rows, hidden, dtype):
         check_against_reference(fn, x, w, b, dy)
     finally:
         _C.harness_instruments()
+
+
+def test_cuda_backward_launches_for_any_number_of_rows():
+    """Past 16 x 16 x 65535 rows the reduce's chunks would overflow grid.y; they grow instead (a
+    function of the row count, so still the same bits for every grid). A dry run of the harness
+    records the launches without running them."""
+    from nanogpt_kernels import _C
+
+    rows, hidden = 17 * (1 << 20), 4
+    xs, dy = (torch.empty(rows, hidden, dtype=torch.bfloat16) for _ in range(2))
+    weight = torch.ones(hidden, dtype=torch.bfloat16)
+    mean, rstd = torch.zeros(rows), torch.ones(rows)
+    try:
+        _C.harness_instruments(dry_run=True, sm_count=132)
+        torch.ops.nanogpt_kernels.cuda_layer_norm_bwd(dy, xs, weight, mean, rstd, None)
+        launches = json.loads(_C.harness_records())["launches"]
+    finally:
+        _C.harness_instruments()
+    reduce = launches[-1]
+    assert "reduce" in reduce["kernel"] and reduce["grid"][1] <= 65535, launches
