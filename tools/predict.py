@@ -146,10 +146,6 @@ class Call:
     launches: list
 
 
-def _nbytes(t) -> int:
-    return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
-
-
 _ARG_NAMES = {
     "cuda_layer_norm_fwd": ("x", "residual", "weight", "bias"),
     "cuda_layer_norm_bwd": ("dy", "xs", "weight", "mean", "rstd", "ds"),
