@@ -17,6 +17,7 @@
 // backward reads dy, s and ds and writes dx, plus the partial rows (1/8 more): ~25 us.
 
 #include <string>
+#include <type_traits>
 
 #include "layernorm.h"
 #include "nk_runtime.cuh"
@@ -107,11 +108,13 @@ __device__ __forceinline__ float team_sum(float v, float* red) {
   return total;
 }
 
-template <typename T>
+// TR: the residual's type, T's or (T float) a 16-bit one: s = x + residual in float is then
+// eager's promoted sum, exactly.
+template <typename T, typename TR>
 struct FwdArgs {
   const T* x;         // [rows, cols], row stride x_stride
   int64_t x_stride;
-  const T* residual;  // nullable, row stride r_stride
+  const TR* residual; // nullable, row stride r_stride
   int64_t r_stride;
   const T* weight;    // [cols]
   const T* bias;      // [cols] or nullptr
@@ -138,9 +141,12 @@ template <int VEC>
 constexpr int bwd_elems_per_thread() {
   return VEC == 1 ? 8 : 16;
 }
-// Stage 1's blocks per SM: as many as are resident at once (~118 registers a thread: 5 blocks
-// of 96 threads, 4 of 128), so that one wave takes every row group, two at most per team.
-constexpr int kBwdBlocksPerSm = 4;      // a block per row
+// Stage 1's blocks per SM, a block per row: as many as are surely resident at once, so that one
+// wave takes every row group and none of its slots idles. __launch_bounds__(kRegMaxThreads) lets
+// a thread have at most 128 of an SM's 64K registers (A100 and H100 alike): 5 blocks of 96
+// threads (768 columns in 16-bit types), 4 of 128 (1024).
+constexpr int kSmRegisters = 65536;
+constexpr int kRegMaxRegisters = kSmRegisters / kRegMaxThreads;
 constexpr int kBwdWarpBlocksPerSm = 8;  // four warps per block, a row each
 // The forward's blocks per SM: each holds a row per team and loads the weight and bias once.
 constexpr int kFwdBlocksPerSm = 16;
@@ -155,11 +161,15 @@ constexpr int kGroupRows = 16;
 constexpr int kReduceCols = 32;
 constexpr int kReduceLanes = 8;
 constexpr int kReduceChunkRows = 16;
+// Rows a stage-2 lane loads before adding (see layer_norm_bwd_reduce_kernel); the registers they
+// take stay under what kReduceBlocksPerSm blocks a SM leave (80 a thread).
+constexpr int kReduceBatch = 4;
+constexpr int kReduceBlocksPerSm = 3;
 
 // The forward for rows wider than the register path takes: three passes over the row (sum,
 // centred squares, output), the second and third reading it back from L1 and L2.
-template <typename T, int VEC>
-__global__ void __launch_bounds__(kMaxThreads) layer_norm_fwd_wide_kernel(FwdArgs<T> a) {
+template <typename T, typename TR, int VEC>
+__global__ void __launch_bounds__(kMaxThreads) layer_norm_fwd_wide_kernel(FwdArgs<T, TR> a) {
   __shared__ float red[32];
   const int nvec = a.cols / VEC;
   const float inv_cols = 1.0f / (float)a.cols;
@@ -177,7 +187,7 @@ __global__ void __launch_bounds__(kMaxThreads) layer_norm_fwd_wide_kernel(FwdArg
       load_vec<T, VEC>(x + i * VEC, v);
       if (a.residual) {
         float r[VEC];
-        load_vec<T, VEC>(a.residual + row * a.r_stride + i * VEC, r);
+        load_vec<TR, VEC>(a.residual + row * a.r_stride + i * VEC, r);
 #pragma unroll
         for (int k = 0; k < VEC; ++k) v[k] = to_float(from_float<T>(v[k] + r[k]));
         store_vec<T, VEC>(s + i * VEC, v);
@@ -225,8 +235,8 @@ constexpr int fwd_elems_per_thread() {
   return VEC == 1 ? 8 : 16;
 }
 
-template <typename T, int VEC>
-__global__ void __launch_bounds__(kRegMaxThreads) layer_norm_fwd_kernel(FwdArgs<T> a) {
+template <typename T, typename TR, int VEC>
+__global__ void __launch_bounds__(kRegMaxThreads) layer_norm_fwd_kernel(FwdArgs<T, TR> a) {
   constexpr int CHUNKS = fwd_elems_per_thread<VEC>() / VEC;
   __shared__ float red[32];
   const int nvec = a.cols / VEC;
@@ -258,7 +268,7 @@ __global__ void __launch_bounds__(kRegMaxThreads) layer_norm_fwd_kernel(FwdArgs<
           // Normalise s as rounded to T: what eager's layer_norm(x + r) sees, and what the
           // backward reads back.
           float r[VEC];
-          load_vec<T, VEC>(a.residual + row * a.r_stride + i * VEC, r);
+          load_vec<TR, VEC>(a.residual + row * a.r_stride + i * VEC, r);
 #pragma unroll
           for (int j = 0; j < VEC; ++j) v[k][j] = to_float(from_float<T>(v[k][j] + r[j]));
           store_vec<T, VEC>(s + i * VEC, v[k]);
@@ -296,7 +306,8 @@ __global__ void __launch_bounds__(kRegMaxThreads) layer_norm_fwd_kernel(FwdArgs<
   }
 }
 
-template <typename T>
+// T2: void, or the 16-bit type of dx2 (T float), dx written again in it.
+template <typename T, typename T2>
 struct BwdArgs {
   const T* dy;        // [rows, cols], row stride dy_stride
   int64_t dy_stride;
@@ -308,6 +319,7 @@ struct BwdArgs {
   const float* mean;  // [rows]
   const float* rstd;  // [rows]
   T* dx;              // [rows, cols] contiguous
+  T2* dx2;            // [rows, cols] contiguous, unless T2 is void
   float* partial;     // [blocks, 2, cols]: each block's sums of dy*xhat and of dy
   unsigned* counters; // [tiles]: stage 2's, zeroed here (stage 2 runs after this kernel)
   int tiles;
@@ -341,14 +353,22 @@ struct BwdReduceArgs {
 // thread owns CHUNKS vectors (bwd_elems_per_thread elements): with one warp per row up to 32
 // times that, with a block per row up to kRegMaxThreads times; wider rows take
 // layer_norm_bwd_wide_kernel.
-template <typename T>
-__device__ __forceinline__ void zero_counters(const BwdArgs<T>& a) {
+template <typename T, typename T2>
+__device__ __forceinline__ void zero_counters(const BwdArgs<T, T2>& a) {
   if (blockIdx.x == 0)
     for (int t = threadIdx.y * blockDim.x + threadIdx.x; t < a.tiles; t += blockDim.x * blockDim.y) a.counters[t] = 0u;
 }
 
-template <typename T, int VEC>
-__global__ void __launch_bounds__(kRegMaxThreads) layer_norm_bwd_kernel(BwdArgs<T> a) {
+// dx in T and, unless T2 is void, again in T2: eager rounds the promoted gradient to the
+// 16-bit input's dtype, and so does this, from the same floats.
+template <typename T, typename T2, int VEC>
+__device__ __forceinline__ void store_dx(const BwdArgs<T, T2>& a, int64_t offset, const float (&e)[VEC]) {
+  store_vec<T, VEC>(a.dx + offset, e);
+  if constexpr (!std::is_void_v<T2>) store_vec<T2, VEC>(a.dx2 + offset, e);
+}
+
+template <typename T, typename T2, int VEC>
+__global__ void __launch_bounds__(kRegMaxThreads) layer_norm_bwd_kernel(BwdArgs<T, T2> a) {
   constexpr int CHUNKS = bwd_elems_per_thread<VEC>() / VEC;
   __shared__ float red[32];
   zero_counters(a);
@@ -401,7 +421,6 @@ __global__ void __launch_bounds__(kRegMaxThreads) layer_norm_bwd_kernel(BwdArgs<
       }
       const float mean_g = team_sum(sum_g, red) * inv_cols;
       const float mean_gx = team_sum(sum_gx, red) * inv_cols;
-      T* dx = a.dx + row * a.cols;
 #pragma unroll
       for (int k = 0; k < CHUNKS; ++k) {
         const int i = threadIdx.x + k * blockDim.x;
@@ -414,7 +433,7 @@ __global__ void __launch_bounds__(kRegMaxThreads) layer_norm_bwd_kernel(BwdArgs<
             pb[k][j] += d[k][j];
             e[j] += rs * (d[k][j] * w[k][j] - mean_g - xhat[k][j] * mean_gx);
           }
-          store_vec<T, VEC>(dx + i * VEC, e);
+          store_dx<T, T2, VEC>(a, row * a.cols + i * VEC, e);
         }
       }
     }
@@ -434,8 +453,8 @@ __global__ void __launch_bounds__(kRegMaxThreads) layer_norm_bwd_kernel(BwdArgs<
 // read-modify-writing its columns of the group's partial rows per input row (they stay in L1
 // and L2), and dy, xs and weight read twice per row. The same groups and order as the
 // register path.
-template <typename T, int VEC>
-__global__ void __launch_bounds__(kMaxThreads) layer_norm_bwd_wide_kernel(BwdArgs<T> a) {
+template <typename T, typename T2, int VEC>
+__global__ void __launch_bounds__(kMaxThreads) layer_norm_bwd_wide_kernel(BwdArgs<T, T2> a) {
   __shared__ float red[32];
   zero_counters(a);
   const int nvec = a.cols / VEC;
@@ -476,7 +495,6 @@ __global__ void __launch_bounds__(kMaxThreads) layer_norm_bwd_wide_kernel(BwdArg
       }
       const float mean_g = team_sum(sum_g, red) * inv_cols;
       const float mean_gx = team_sum(sum_gx, red) * inv_cols;
-      T* dx = a.dx + row * a.cols;
       for (int i = threadIdx.x; i < nvec; i += blockDim.x) {
         float d[VEC], x[VEC], w[VEC], e[VEC];
         load_vec<T, VEC>(dy + i * VEC, d);
@@ -488,7 +506,7 @@ __global__ void __launch_bounds__(kMaxThreads) layer_norm_bwd_wide_kernel(BwdArg
           const float xhat = (x[k] - mu) * rs;
           d[k] = rs * (d[k] * w[k] - mean_g - xhat * mean_gx) + e[k];
         }
-        store_vec<T, VEC>(dx + i * VEC, d);
+        store_dx<T, T2, VEC>(a, row * a.cols + i * VEC, d);
       }
     }
   }
@@ -502,8 +520,35 @@ __global__ void __launch_bounds__(kMaxThreads) layer_norm_bwd_wide_kernel(BwdArg
 // adds the chunks' sums the same way (lane l takes chunks l, l + kReduceLanes, ...) and writes
 // the result. The order of every addition is fixed by the indices, never by which block ran
 // first: dweight and dbias are the same bits on every run.
+//
+// A lane loads kReduceBatch of its rows (or chunk sums) before it adds any, so it waits one
+// round trip per batch: left to itself nvcc unrolls such a loop 4x but runs the remainder (all
+// of a 16-row chunk's two rows per lane) one dependent load at a time.
+template <int CV>
+__device__ __forceinline__ void add_in_lane_order(float (&sum_w)[kReduceLanes][kReduceCols * CV],
+                                                  float (&sum_b)[kReduceLanes][kReduceCols * CV], float (&w)[CV],
+                                                  float (&b)[CV]) {
+#pragma unroll
+  for (int j = 0; j < CV; ++j) {
+    sum_w[threadIdx.y][threadIdx.x * CV + j] = w[j];
+    sum_b[threadIdx.y][threadIdx.x * CV + j] = b[j];
+  }
+  __syncthreads();
+  if (threadIdx.y == 0) {
+#pragma unroll
+    for (int j = 0; j < CV; ++j) {
+      w[j] = b[j] = 0.0f;
+      for (int lane = 0; lane < kReduceLanes; ++lane) {
+        w[j] += sum_w[lane][threadIdx.x * CV + j];
+        b[j] += sum_b[lane][threadIdx.x * CV + j];
+      }
+    }
+  }
+}
+
 template <typename T, int CV>
-__global__ void __launch_bounds__(kReduceCols * kReduceLanes) layer_norm_bwd_reduce_kernel(BwdReduceArgs<T> a) {
+__global__ void __launch_bounds__(kReduceCols * kReduceLanes, kReduceBlocksPerSm)
+    layer_norm_bwd_reduce_kernel(BwdReduceArgs<T> a) {
   __shared__ float sum_w[kReduceLanes][kReduceCols * CV], sum_b[kReduceLanes][kReduceCols * CV];
   __shared__ bool last;
   const int c0 = (blockIdx.x * kReduceCols + threadIdx.x) * CV;
@@ -513,36 +558,31 @@ __global__ void __launch_bounds__(kReduceCols * kReduceLanes) layer_norm_bwd_red
 #pragma unroll
   for (int j = 0; j < CV; ++j) w[j] = b[j] = 0.0f;
   if (c0 < a.cols) {
-    for (int64_t r = first + threadIdx.y; r < end; r += kReduceLanes) {
-      const float* row = a.partial + r * 2 * a.cols + c0;
-      float pw[CV], pb[CV];
-      load_vec<float, CV>(row, pw);
-      load_vec<float, CV>(row + a.cols, pb);
+    for (int64_t r0 = first + threadIdx.y; r0 < end; r0 += kReduceBatch * kReduceLanes) {
+      float pw[kReduceBatch][CV], pb[kReduceBatch][CV];
 #pragma unroll
-      for (int j = 0; j < CV; ++j) {
-        w[j] += pw[j];
-        b[j] += pb[j];
+      for (int i = 0; i < kReduceBatch; ++i) {
+        const float* row = a.partial + (r0 + i * kReduceLanes) * 2 * a.cols + c0;
+        if (r0 + i * kReduceLanes < end) {
+          load_vec<float, CV>(row, pw[i]);
+          load_vec<float, CV>(row + a.cols, pb[i]);
+        }
       }
+#pragma unroll
+      for (int i = 0; i < kReduceBatch; ++i)
+        if (r0 + i * kReduceLanes < end)
+#pragma unroll
+          for (int j = 0; j < CV; ++j) {
+            w[j] += pw[i][j];
+            b[j] += pb[i][j];
+          }
     }
   }
-#pragma unroll
-  for (int j = 0; j < CV; ++j) {
-    sum_w[threadIdx.y][threadIdx.x * CV + j] = w[j];
-    sum_b[threadIdx.y][threadIdx.x * CV + j] = b[j];
-  }
-  __syncthreads();
+  add_in_lane_order<CV>(sum_w, sum_b, w, b);
   float* chunk = a.chunk_sums + (int64_t)blockIdx.y * 2 * a.cols;
   if (threadIdx.y == 0 && c0 < a.cols) {
-#pragma unroll
-    for (int j = 0; j < CV; ++j) {
-      float tw = 0.0f, tb = 0.0f;
-      for (int lane = 0; lane < kReduceLanes; ++lane) {
-        tw += sum_w[lane][threadIdx.x * CV + j];
-        tb += sum_b[lane][threadIdx.x * CV + j];
-      }
-      chunk[c0 + j] = tw;
-      chunk[a.cols + c0 + j] = tb;
-    }
+    store_floats<CV>(chunk + c0, w);
+    store_floats<CV>(chunk + a.cols + c0, b);
   }
   // The chunk's sums must be visible to whichever block of the tile finishes last: each writer
   // fences its stores, and the barrier holds the count back until every writer has.
@@ -555,30 +595,34 @@ __global__ void __launch_bounds__(kReduceCols * kReduceLanes) layer_norm_bwd_red
 #pragma unroll
   for (int j = 0; j < CV; ++j) w[j] = b[j] = 0.0f;
   if (c0 < a.cols) {
-    for (int k = threadIdx.y; k < a.chunks; k += kReduceLanes) {
+    for (int k0 = threadIdx.y; k0 < a.chunks; k0 += kReduceBatch * kReduceLanes) {
+      float cw[kReduceBatch][CV], cb[kReduceBatch][CV];
 #pragma unroll
-      for (int j = 0; j < CV; ++j) {
-        w[j] += load_cg(a.chunk_sums + (int64_t)k * 2 * a.cols + c0 + j);
-        b[j] += load_cg(a.chunk_sums + (int64_t)k * 2 * a.cols + a.cols + c0 + j);
+      for (int i = 0; i < kReduceBatch; ++i) {
+        const float* sums = a.chunk_sums + (int64_t)(k0 + i * kReduceLanes) * 2 * a.cols + c0;
+        if (k0 + i * kReduceLanes < a.chunks) {
+          load_cg<CV>(sums, cw[i]);
+          load_cg<CV>(sums + a.cols, cb[i]);
+        }
       }
+#pragma unroll
+      for (int i = 0; i < kReduceBatch; ++i)
+        if (k0 + i * kReduceLanes < a.chunks)
+#pragma unroll
+          for (int j = 0; j < CV; ++j) {
+            w[j] += cw[i][j];
+            b[j] += cb[i][j];
+          }
     }
   }
-#pragma unroll
-  for (int j = 0; j < CV; ++j) {
-    sum_w[threadIdx.y][threadIdx.x * CV + j] = w[j];
-    sum_b[threadIdx.y][threadIdx.x * CV + j] = b[j];
-  }
-  __syncthreads();
+  // sum_w and sum_b are read above by lane 0 before they are overwritten: the barrier after the
+  // counter's atomicAdd orders those reads before these writes.
+  add_in_lane_order<CV>(sum_w, sum_b, w, b);
   if (threadIdx.y == 0 && c0 < a.cols) {
 #pragma unroll
     for (int j = 0; j < CV; ++j) {
-      float tw = 0.0f, tb = 0.0f;
-      for (int lane = 0; lane < kReduceLanes; ++lane) {
-        tw += sum_w[lane][threadIdx.x * CV + j];
-        tb += sum_b[lane][threadIdx.x * CV + j];
-      }
-      a.dweight[c0 + j] = from_float<T>(tw);
-      if (a.dbias) a.dbias[c0 + j] = from_float<T>(tb);
+      a.dweight[c0 + j] = from_float<T>(w[j]);
+      if (a.dbias) a.dbias[c0 + j] = from_float<T>(b[j]);
     }
   }
 }
@@ -640,11 +684,12 @@ int64_t grid_for(int64_t rows, int64_t rows_per_block) {
 
 const char* status(cudaError_t err) { return err == cudaSuccess ? nullptr : cudaGetErrorString(err); }
 
-template <typename T>
+template <typename T, typename TR>
 const char* forward_typed(const nk::LayerNormFwdParams& p, cudaStream_t stream) {
-  FwdArgs<T> a{static_cast<const T*>(p.x), p.x_row_stride, static_cast<const T*>(p.residual),
-               p.residual_row_stride, static_cast<const T*>(p.weight), static_cast<const T*>(p.bias),
-               static_cast<T*>(p.y), static_cast<T*>(p.s), p.mean, p.rstd, p.rows, (int)p.cols, p.eps};
+  FwdArgs<T, TR> a{static_cast<const T*>(p.x), p.x_row_stride, static_cast<const TR*>(p.residual),
+                   p.residual_row_stride, static_cast<const T*>(p.weight), static_cast<const T*>(p.bias),
+                   static_cast<T*>(p.y), static_cast<T*>(p.s), p.mean, p.rstd, p.rows, (int)p.cols, p.eps};
+  // A narrower residual's vectors are 8 bytes (4 floats' worth); 16-byte alignment covers them.
   const int vec = pick_vec<T>(p.cols, {p.x, p.residual, p.weight, p.bias, p.y, p.s},
                               {p.x_row_stride, p.residual ? p.residual_row_stride : 0});
   constexpr int V = 16 / sizeof(T);
@@ -656,13 +701,13 @@ const char* forward_typed(const nk::LayerNormFwdParams& p, cudaStream_t stream) 
     int64_t blocks = grid_for(p.rows, regs.rows_per_block);
     if (p.sm_count > 0 && blocks > (int64_t)p.sm_count * kFwdBlocksPerSm) blocks = (int64_t)p.sm_count * kFwdBlocksPerSm;
     const dim3 grid((unsigned)blocks);
-    return status(vec == V ? launch_kernel(layer_norm_fwd_kernel<T, V>, grid, regs.block, 0, stream, a)
-                           : launch_kernel(layer_norm_fwd_kernel<T, 1>, grid, regs.block, 0, stream, a));
+    return status(vec == V ? launch_kernel(layer_norm_fwd_kernel<T, TR, V>, grid, regs.block, 0, stream, a)
+                           : launch_kernel(layer_norm_fwd_kernel<T, TR, 1>, grid, regs.block, 0, stream, a));
   }
   const TeamShape shape = team_shape(p.cols, vec);
   const dim3 grid((unsigned)grid_for(p.rows, shape.rows_per_block));
-  return status(vec == V ? launch_kernel(layer_norm_fwd_wide_kernel<T, V>, grid, shape.block, 0, stream, a)
-                         : launch_kernel(layer_norm_fwd_wide_kernel<T, 1>, grid, shape.block, 0, stream, a));
+  return status(vec == V ? launch_kernel(layer_norm_fwd_wide_kernel<T, TR, V>, grid, shape.block, 0, stream, a)
+                         : launch_kernel(layer_norm_fwd_wide_kernel<T, TR, 1>, grid, shape.block, 0, stream, a));
 }
 
 // The backward's plan: stage 1's blocks (from the shape, the SM count and the vector width) and
@@ -690,7 +735,7 @@ BwdPlan bwd_plan(int64_t rows, int64_t cols, int sm_count, int vec) {
                                   : row_team(cols / vec, bwd_elems_per_thread<4>() / vec);
   p.registers = regs.rows_per_block > 0;
   p.groups = (rows + kGroupRows - 1) / kGroupRows;
-  int64_t blocks_per_sm = kBwdBlocksPerSm;
+  int64_t blocks_per_sm;
   TeamShape team = regs;
   if (!p.registers) {
     // The wide kernel: ~32 elements per thread as its loop walks the row.
@@ -699,6 +744,8 @@ BwdPlan bwd_plan(int64_t rows, int64_t cols, int sm_count, int vec) {
     blocks_per_sm = 2;
   } else if (regs.rows_per_block > 1) {
     blocks_per_sm = kBwdWarpBlocksPerSm;
+  } else {
+    blocks_per_sm = kSmRegisters / ((int64_t)regs.block.x * kRegMaxRegisters);
   }
   p.block = team.block;
   p.blocks = (p.groups + team.rows_per_block - 1) / team.rows_per_block;
@@ -713,27 +760,27 @@ BwdPlan bwd_plan(int64_t rows, int64_t cols, int sm_count, int vec) {
   return p;
 }
 
-template <typename T>
+template <typename T, typename T2>
 const char* backward_typed(const nk::LayerNormBwdParams& p, cudaStream_t stream) {
-  const int vec = pick_vec<T>(p.cols, {p.dy, p.xs, p.ds, p.weight, p.dx},
+  const int vec = pick_vec<T>(p.cols, {p.dy, p.xs, p.ds, p.weight, p.dx, p.dx2},
                               {p.dy_row_stride, p.xs_row_stride, p.ds ? p.ds_row_stride : 0});
   const BwdPlan plan = bwd_plan(p.rows, p.cols, p.sm_count, vec);
   float* partial = p.workspace;
   float* chunk_sums = partial + plan.groups * 2 * p.cols;
   auto* counters = reinterpret_cast<unsigned*>(chunk_sums + plan.chunks * 2 * p.cols);
-  BwdArgs<T> a{static_cast<const T*>(p.dy), p.dy_row_stride, static_cast<const T*>(p.xs),
-               p.xs_row_stride, static_cast<const T*>(p.ds), p.ds_row_stride,
-               static_cast<const T*>(p.weight), p.mean, p.rstd, static_cast<T*>(p.dx), partial,
-               counters, (int)plan.tiles, p.rows, (int)p.cols};
+  BwdArgs<T, T2> a{static_cast<const T*>(p.dy), p.dy_row_stride, static_cast<const T*>(p.xs),
+                   p.xs_row_stride, static_cast<const T*>(p.ds), p.ds_row_stride,
+                   static_cast<const T*>(p.weight), p.mean, p.rstd, static_cast<T*>(p.dx),
+                   static_cast<T2*>(p.dx2), partial, counters, (int)plan.tiles, p.rows, (int)p.cols};
   constexpr int V = 16 / sizeof(T);
   const dim3 grid((unsigned)plan.blocks);
   cudaError_t err;
   if (plan.registers) {
-    err = vec == V ? launch_kernel(layer_norm_bwd_kernel<T, V>, grid, plan.block, 0, stream, a)
-                   : launch_kernel(layer_norm_bwd_kernel<T, 1>, grid, plan.block, 0, stream, a);
+    err = vec == V ? launch_kernel(layer_norm_bwd_kernel<T, T2, V>, grid, plan.block, 0, stream, a)
+                   : launch_kernel(layer_norm_bwd_kernel<T, T2, 1>, grid, plan.block, 0, stream, a);
   } else {
-    err = vec == V ? launch_kernel(layer_norm_bwd_wide_kernel<T, V>, grid, plan.block, 0, stream, a)
-                   : launch_kernel(layer_norm_bwd_wide_kernel<T, 1>, grid, plan.block, 0, stream, a);
+    err = vec == V ? launch_kernel(layer_norm_bwd_wide_kernel<T, T2, V>, grid, plan.block, 0, stream, a)
+                   : launch_kernel(layer_norm_bwd_wide_kernel<T, T2, 1>, grid, plan.block, 0, stream, a);
   }
   if (const char* e = status(err)) return e;
   BwdReduceArgs<T> r{partial, plan.groups, (int)p.cols, (int)plan.chunks, plan.chunk_rows, chunk_sums, counters,
@@ -755,10 +802,16 @@ const char* check_cols(int64_t cols) {
 const char* layer_norm_forward(const nk::LayerNormFwdParams& p, void* stream) {
   if (const char* err = check_cols(p.cols)) return err;
   auto s = static_cast<cudaStream_t>(stream);
+  if (p.residual && p.residual_dtype != p.dtype) {
+    if (p.dtype == nk::DType::f32 && p.residual_dtype == nk::DType::f16) return forward_typed<float, __half>(p, s);
+    if (p.dtype == nk::DType::f32 && p.residual_dtype == nk::DType::bf16)
+      return forward_typed<float, __nv_bfloat16>(p, s);
+    return "layer_norm_forward: the residual must have x's dtype, or be float16 or bfloat16 when x is float32";
+  }
   switch (p.dtype) {
-    case nk::DType::f32: return forward_typed<float>(p, s);
-    case nk::DType::f16: return forward_typed<__half>(p, s);
-    case nk::DType::bf16: return forward_typed<__nv_bfloat16>(p, s);
+    case nk::DType::f32: return forward_typed<float, float>(p, s);
+    case nk::DType::f16: return forward_typed<__half, __half>(p, s);
+    case nk::DType::bf16: return forward_typed<__nv_bfloat16, __nv_bfloat16>(p, s);
   }
   return "layer_norm_forward: unknown dtype";
 }
@@ -766,10 +819,15 @@ const char* layer_norm_forward(const nk::LayerNormFwdParams& p, void* stream) {
 const char* layer_norm_backward(const nk::LayerNormBwdParams& p, void* stream) {
   if (const char* err = check_cols(p.cols)) return err;
   auto s = static_cast<cudaStream_t>(stream);
+  if (p.dx2) {
+    if (p.dtype == nk::DType::f32 && p.dx2_dtype == nk::DType::f16) return backward_typed<float, __half>(p, s);
+    if (p.dtype == nk::DType::f32 && p.dx2_dtype == nk::DType::bf16) return backward_typed<float, __nv_bfloat16>(p, s);
+    return "layer_norm_backward: dx2 must be float16 or bfloat16, and xs float32";
+  }
   switch (p.dtype) {
-    case nk::DType::f32: return backward_typed<float>(p, s);
-    case nk::DType::f16: return backward_typed<__half>(p, s);
-    case nk::DType::bf16: return backward_typed<__nv_bfloat16>(p, s);
+    case nk::DType::f32: return backward_typed<float, void>(p, s);
+    case nk::DType::f16: return backward_typed<__half, void>(p, s);
+    case nk::DType::bf16: return backward_typed<__nv_bfloat16, void>(p, s);
   }
   return "layer_norm_backward: unknown dtype";
 }

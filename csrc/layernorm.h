@@ -11,7 +11,9 @@
 namespace nk {
 
 // y = layer_norm(x) or, with a residual, s = x + residual and y = layer_norm(s).
-// Rows are `cols` contiguous elements `*_row_stride` elements apart.
+// Rows are `cols` contiguous elements `*_row_stride` elements apart. Everything is in `dtype`
+// except the residual, which may be f16 or bf16 when `dtype` is f32: the sum is then eager's
+// promoted `x + residual` (s = x + float(residual), exact), loaded in the residual's own dtype.
 struct LayerNormFwdParams {
   const void* x;
   int64_t x_row_stride;
@@ -28,6 +30,7 @@ struct LayerNormFwdParams {
   float eps;
   DType dtype;
   int sm_count = 0;      // sizes the grid to keep each block's weight and bias loads few (0: a block per row)
+  DType residual_dtype;  // dtype, or f16/bf16 when dtype is f32
 };
 
 struct LayerNormBwdParams {
@@ -48,6 +51,10 @@ struct LayerNormBwdParams {
   int64_t cols;
   int sm_count;          // sizes the deterministic two-stage reduction of dweight/dbias
   DType dtype;
+  // dx again, rounded to dx2_dtype (f16 or bf16, when dtype is f32) in the same pass: the
+  // gradient of a 16-bit input whose sum with an f32 one was normalised. Nullable.
+  void* dx2 = nullptr;
+  DType dx2_dtype = DType::f32;
 };
 
 // The widest row the kernels take. nanogpt_kernels/_limits.py spells it for Python; the

@@ -102,6 +102,25 @@ __device__ __forceinline__ float load_cg(const float* p) {
 #endif
 }
 
+// N floats at p the same way: one 16-byte load when N is 4 (p 16-byte aligned).
+template <int N>
+__device__ __forceinline__ void load_cg(const float* p, float (&out)[N]) {
+  if constexpr (N == 4) {
+#ifdef __CUDACC__
+    const float4 v = __ldcg(reinterpret_cast<const float4*>(p));
+#else
+    const float4 v = *reinterpret_cast<const float4*>(p);
+#endif
+    out[0] = v.x;
+    out[1] = v.y;
+    out[2] = v.z;
+    out[3] = v.w;
+  } else {
+#pragma unroll
+    for (int j = 0; j < N; ++j) out[j] = load_cg(p + j);
+  }
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);

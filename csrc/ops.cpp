@@ -53,10 +53,17 @@ void check_dtype_device(const at::Tensor& t, const char* name, const at::Tensor&
 }
 
 // Rows of a 2-D tensor must be contiguous; the row stride is free.
-void check_rows(const at::Tensor& t, const char* name, const at::Tensor& like, const char* like_name) {
+// any_dtype: t's dtype is checked by the caller.
+void check_rows(const at::Tensor& t, const char* name, const at::Tensor& like, const char* like_name,
+                bool any_dtype = false) {
   TORCH_CHECK(t.dim() == 2, name, " must be 2-D [rows, cols], got shape ", t.sizes());
   TORCH_CHECK(t.sizes() == like.sizes(), name, " must have shape ", like.sizes(), ", got ", t.sizes());
-  check_dtype_device(t, name, like, like_name);
+  if (any_dtype) {
+    TORCH_CHECK(t.device() == like.device(), name, " must be on the device of ", like_name, " (", like.device(),
+                "), got ", t.device());
+  } else {
+    check_dtype_device(t, name, like, like_name);
+  }
   TORCH_CHECK(t.size(1) <= 1 || t.stride(1) == 1, name, " must have unit stride along its last dimension, got strides ",
               t.strides());
 }
@@ -118,7 +125,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_fwd(
   check_rows(x, "x", x, "x");
   TORCH_CHECK(x.size(1) <= nk::kLayerNormMaxCols, "x: hidden size (last dimension) must be at most ",
               nk::kLayerNormMaxCols, " on the kernel backends, got ", x.size(1));
-  if (residual) check_rows(*residual, "residual", x, "x");
+  if (residual) {
+    // Eager's `x + residual` promotes: a 16-bit residual beside float32 x is summed in float32
+    // (the op layer puts the wider tensor first, the sum being commutative).
+    const auto rt = residual->scalar_type();
+    TORCH_CHECK(rt == x.scalar_type() || (x.scalar_type() == at::kFloat && (rt == at::kHalf || rt == at::kBFloat16)),
+                "residual must have the dtype of x (", x.scalar_type(), "), or be float16 or bfloat16 when x is "
+                "float32, got ", rt);
+    check_rows(*residual, "residual", x, "x", /*any_dtype=*/true);
+  }
   check_vector(weight, "weight", x, "x");
   if (bias) check_vector(*bias, "bias", x, "x");
   TORCH_CHECK(std::isfinite(eps) && eps >= 0, "eps must be a non-negative finite float, got ", eps);
@@ -143,14 +158,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_fwd(
                            rows, cols, (float)eps, dtype};
   const Exec e = exec_for(x);
   p.sm_count = e.sm_count;
+  p.residual_dtype = residual ? dtype_of(*residual, "residual") : dtype;
   check_launch(NK_DISPATCH(e, layer_norm_forward, p, e.stream), "layer_norm forward");
   return {y, s, mean, rstd};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd(
     const at::Tensor& dy, const at::Tensor& xs, const at::Tensor& weight, const at::Tensor& mean,
-    const at::Tensor& rstd, const std::optional<at::Tensor>& ds) {
+    const at::Tensor& rstd, const std::optional<at::Tensor>& ds, std::optional<at::ScalarType> dx2_dtype) {
   const nk::DType dtype = dtype_of(xs, "xs");
+  TORCH_CHECK(!dx2_dtype || (xs.scalar_type() == at::kFloat && (*dx2_dtype == at::kHalf || *dx2_dtype == at::kBFloat16)),
+              "dx2_dtype must be float16 or bfloat16, with xs float32, got ", *dx2_dtype, " with xs ",
+              xs.scalar_type());
   check_rows(xs, "xs", xs, "xs");
   check_rows(dy, "dy", xs, "xs");
   if (ds) check_rows(*ds, "ds", xs, "xs");
@@ -164,8 +183,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd(
   NK_DEVICE_GUARD(xs);
   const auto rows = xs.size(0), cols = xs.size(1);
   auto dx = at::empty({rows, cols}, xs.options());
+  auto dx2 = dx2_dtype ? at::empty({rows, cols}, xs.options().dtype(*dx2_dtype)) : at::empty({0}, xs.options());
   if (rows == 0 || cols == 0) {
-    return {dx, at::zeros({cols}, weight.options()), at::zeros({cols}, weight.options())};
+    return {dx, dx2, at::zeros({cols}, weight.options()), at::zeros({cols}, weight.options())};
   }
   auto dweight = at::empty({cols}, weight.options()), dbias = at::empty({cols}, weight.options());
   const Exec e = exec_for(xs);
@@ -178,8 +198,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd(
                            w.data_ptr(), mean_c.data_ptr<float>(), rstd_c.data_ptr<float>(),
                            dx.data_ptr(), dweight.data_ptr(), dbias.data_ptr(), workspace.data_ptr<float>(),
                            rows, cols, e.sm_count, dtype};
+  if (dx2_dtype) {
+    p.dx2 = dx2.data_ptr();
+    p.dx2_dtype = dtype_of(dx2, "dx2");
+  }
   check_launch(NK_DISPATCH(e, layer_norm_backward, p, e.stream), "layer_norm backward");
-  return {dx, dweight, dbias};
+  return {dx, dx2, dweight, dbias};
 }
 
 // normal_init_: every argument is checked, for every tensor, before anything is written (in
@@ -430,8 +454,8 @@ void cuda_column_sum(const at::Tensor& x, const at::Tensor& out) {
 TORCH_LIBRARY(nanogpt_kernels, m) {
   m.def("cuda_layer_norm_fwd(Tensor x, Tensor? residual, Tensor weight, Tensor? bias, float eps) "
         "-> (Tensor y, Tensor s, Tensor mean, Tensor rstd)");
-  m.def("cuda_layer_norm_bwd(Tensor dy, Tensor xs, Tensor weight, Tensor mean, Tensor rstd, Tensor? ds) "
-        "-> (Tensor dx, Tensor dweight, Tensor dbias)");
+  m.def("cuda_layer_norm_bwd(Tensor dy, Tensor xs, Tensor weight, Tensor mean, Tensor rstd, Tensor? ds, "
+        "ScalarType? dx2_dtype=None) -> (Tensor dx, Tensor dx2, Tensor dweight, Tensor dbias)");
   m.def("cuda_normal_init_(Tensor(a!)[] tensors, float[] means, float[] stds, int[] streams, int[] offsets, "
         "int seed) -> ()");
   m.def("host_normal_init_(Tensor(a!)[] tensors, float[] means, float[] stds, int[] streams, int[] offsets, "

@@ -15,13 +15,16 @@ def check_float_tensor(t, name: str) -> None:
         raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
 
 
-def check_like(t, name: str, ref: torch.Tensor, ref_name: str, *, shape) -> None:
-    """`t` must be a tensor of `shape` with `ref`'s dtype and device."""
+def check_like(t, name: str, ref: torch.Tensor, ref_name: str, *, shape, dtype=None, dtype_of=None) -> None:
+    """`t` must be a tensor of `shape` with `ref`'s device and dtype (or `dtype`, the dtype of
+    what `dtype_of` names)."""
     check_float_tensor(t, name)
     if tuple(t.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
-    if t.dtype != ref.dtype:
-        raise TypeError(f"{name} must have the dtype of {ref_name} ({ref.dtype}), got {t.dtype}")
+    if dtype is None:
+        dtype, dtype_of = ref.dtype, ref_name
+    if t.dtype != dtype:
+        raise TypeError(f"{name} must have the dtype of {dtype_of} ({dtype}), got {t.dtype}")
     if t.device != ref.device:
         raise ValueError(f"{name} must be on the device of {ref_name} ({ref.device}), got {t.device}")
 

@@ -88,12 +88,8 @@ class Block(nn.Module):
 
 
 def _add_ln(x, residual, ln: nk_nn.LayerNorm):
-    """(x + residual, ln(x + residual)): eager's two ops, or one fused pass."""
-    if residual.dtype != x.dtype:
-        # Under autocast the stream is float32 and a sublayer's output bfloat16: eager's `+`
-        # promotes, and so must we (the fused op takes one dtype).
-        dtype = torch.promote_types(x.dtype, residual.dtype)
-        x, residual = x.to(dtype), residual.to(dtype)
+    """(x + residual, ln(x + residual)): eager's two ops, or one fused pass. Under autocast the
+    stream is float32 and a sublayer's output bfloat16: add_layer_norm promotes as eager's `+`."""
     return add_layer_norm(x, residual, ln.weight, ln.bias, ln.eps, backend=ln.backend)
 
 

@@ -28,6 +28,7 @@ void run_case(int64_t rows, int64_t cols, int64_t row_stride, bool residual, boo
   nk::LayerNormFwdParams fp{x.data(), row_stride, residual ? r.data() : nullptr, row_stride, w.data(),
                             bias ? b.data() : nullptr, y.data(), residual ? s.data() : nullptr, mean.data(),
                             rstd.data(), rows, cols, 1e-5f, nk::DType::f32};
+  fp.residual_dtype = nk::DType::f32;
   fp.sm_count = 3;  // blocks walk several rows each (the 16-bit cases take a block per row)
   if (const char* err = nk_cpu::layer_norm_forward(fp, nullptr)) {
     std::printf("FAIL forward launch: %s\n", err);
@@ -107,6 +108,7 @@ void run_bounds_case(int64_t rows, int64_t cols, int64_t row_stride, bool residu
   nk::LayerNormFwdParams fp{x.data(), row_stride, residual ? r.data() : nullptr, row_stride, w.data(), b.data(),
                             y.data(), residual ? s.data() : nullptr, mean.data(), rstd.data(), rows, cols, 1e-5f,
                             dtype};
+  fp.residual_dtype = dtype;
   std::vector<float> ws(nk_cpu::layer_norm_bwd_workspace_floats(rows, cols, 3));
   poison(ws);
   nk::LayerNormBwdParams bp{dy.data(), cols, residual ? s.data() : x.data(), residual ? cols : row_stride,
@@ -121,6 +123,50 @@ void run_bounds_case(int64_t rows, int64_t cols, int64_t row_stride, bool residu
   if (err || !finite) {
     std::printf("FAIL 16-bit rows=%ld cols=%ld stride=%ld residual=%d: %s\n", (long)rows, (long)cols,
                 (long)row_stride, residual, err ? err : "non-finite output");
+    ++g_failed;
+  } else {
+    ++g_passed;
+  }
+}
+
+// float32 x with a 16-bit residual (eager's promoted sum), and the backward's second dx in the
+// residual's type: s must be x + float(residual) exactly and dx2 dx rounded, element for element,
+// with the narrower tensor's bounds (its vectors are 8 bytes) under ASan.
+template <typename TR>
+void run_mixed_case(int64_t rows, int64_t cols, int64_t row_stride, nk::DType residual_dtype) {
+  std::mt19937 rng(static_cast<unsigned>(rows * 11 + cols));
+  std::normal_distribution<float> normal;
+  std::vector<float> x((rows - 1) * row_stride + cols), w(cols), b(cols), y(rows * cols), s(rows * cols);
+  std::vector<float> mean(rows), rstd(rows), dy(rows * cols), ds(rows * cols), dx(rows * cols), dw(cols), db(cols);
+  std::vector<TR> r(x.size()), dx2(rows * cols);
+  for (auto* v : {&x, &w, &b, &dy, &ds})
+    for (float& e : *v) e = normal(rng);
+  for (TR& e : r) e = nk_cpu::from_float<TR>(normal(rng));
+  nk::LayerNormFwdParams fp{x.data(), row_stride, r.data(), row_stride, w.data(), b.data(), y.data(), s.data(),
+                            mean.data(), rstd.data(), rows, cols, 1e-5f, nk::DType::f32};
+  fp.residual_dtype = residual_dtype;
+  fp.sm_count = 3;
+  std::vector<float> ws(nk_cpu::layer_norm_bwd_workspace_floats(rows, cols, 3));
+  poison(ws);
+  nk::LayerNormBwdParams bp{dy.data(), cols, s.data(), cols, ds.data(), cols, w.data(), mean.data(), rstd.data(),
+                            dx.data(), dw.data(), db.data(), ws.data(), rows, cols, 3, nk::DType::f32};
+  bp.dx2 = dx2.data();
+  bp.dx2_dtype = residual_dtype;
+  const char* err = nk_cpu::layer_norm_forward(fp, nullptr);
+  if (!err) err = nk_cpu::layer_norm_backward(bp, nullptr);
+  for (auto* v : {&y, &s, &dx, &dw, &db}) digest(*v);
+  digest(dx2);
+  int64_t wrong = 0;
+  for (int64_t i = 0; !err && i < rows; ++i)
+    for (int64_t c = 0; c < cols; ++c) {
+      const float sum = x[i * row_stride + c] + nk_cpu::to_float(r[i * row_stride + c]);
+      const TR rounded = nk_cpu::from_float<TR>(dx[i * cols + c]);
+      wrong += std::memcmp(&s[i * cols + c], &sum, sizeof(float)) != 0;
+      wrong += std::memcmp(&dx2[i * cols + c], &rounded, sizeof(TR)) != 0;
+    }
+  if (err || wrong) {
+    std::printf("FAIL mixed rows=%ld cols=%ld stride=%ld: %s (%ld wrong elements)\n", (long)rows, (long)cols,
+                (long)row_stride, err ? err : "s or dx2 differ", (long)wrong);
     ++g_failed;
   } else {
     ++g_passed;
@@ -187,6 +233,12 @@ int main(int argc, char** argv) {
           run_bounds_case<__half>(rows, cols, stride, residual, nk::DType::f16);
           run_bounds_case<__nv_bfloat16>(rows, cols, stride, residual, nk::DType::bf16);
         }
+      }
+  for (int64_t rows : quick ? quick_rows : all_rows)
+    for (int64_t cols : quick ? quick_cols : all_cols)
+      for (int64_t stride : {cols, cols + 4}) {
+        run_mixed_case<__nv_bfloat16>(rows, cols, stride, nk::DType::bf16);
+        run_mixed_case<__half>(rows, cols, stride, nk::DType::f16);
       }
   for (int64_t cols : quick ? quick_cols : all_cols) {
     run_grid_independence_case<float>(quick ? 40 : 300, cols, nk::DType::f32);
