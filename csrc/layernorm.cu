@@ -141,15 +141,9 @@ template <int VEC>
 constexpr int bwd_elems_per_thread() {
   return VEC == 1 ? 8 : 16;
 }
-// Stage 1's blocks per SM, a block per row: as many as are surely resident at once, so that one
-// wave takes every row group and none of its slots idles. __launch_bounds__(kRegMaxThreads) lets
-// a thread have at most 128 of an SM's 64K registers (A100 and H100 alike): 5 blocks of 96
-// threads (768 columns in 16-bit types), 4 of 128 (1024).
-constexpr int kSmRegisters = 65536;
-constexpr int kRegMaxRegisters = kSmRegisters / kRegMaxThreads;
-constexpr int kBwdWarpBlocksPerSm = 8;  // four warps per block, a row each
-// The forward's blocks per SM: each holds a row per team and loads the weight and bias once.
-constexpr int kFwdBlocksPerSm = 16;
+// Stage 1 and the forward's register path are persistent: one wave of blocks, as many per SM
+// as it holds at once (resident_blocks), each loading its weight (and bias) once and walking
+// its share of the rows (row groups), with every slot of the wave busy.
 // Stage 1's row groups: each group's sums are one partial row (per gradient), so the partials
 // add 2 x 2 x cols x 4 bytes (written, read) per kGroupRows rows to the 4 x cols x 2 bytes per
 // row the backward moves in 16-bit types: 12.5% at 16 rows; fewer rows per group would shorten
@@ -696,13 +690,11 @@ const char* forward_typed(const nk::LayerNormFwdParams& p, cudaStream_t stream) 
   const TeamShape regs = vec == V ? row_team(p.cols / V, fwd_elems_per_thread<V>() / V)
                                   : row_team(p.cols, fwd_elems_per_thread<1>());
   if (regs.rows_per_block) {
-    // Enough blocks to fill the GPU a few times over: each loads the weight and bias once and
-    // walks its share of the rows.
+    auto* kernel = vec == V ? layer_norm_fwd_kernel<T, TR, V> : layer_norm_fwd_kernel<T, TR, 1>;
     int64_t blocks = grid_for(p.rows, regs.rows_per_block);
-    if (p.sm_count > 0 && blocks > (int64_t)p.sm_count * kFwdBlocksPerSm) blocks = (int64_t)p.sm_count * kFwdBlocksPerSm;
-    const dim3 grid((unsigned)blocks);
-    return status(vec == V ? launch_kernel(layer_norm_fwd_kernel<T, TR, V>, grid, regs.block, 0, stream, a)
-                           : launch_kernel(layer_norm_fwd_kernel<T, TR, 1>, grid, regs.block, 0, stream, a));
+    const int64_t wave = (int64_t)p.sm_count * resident_blocks(kernel, (int)(regs.block.x * regs.block.y), 0);
+    if (p.sm_count > 0 && blocks > wave) blocks = wave;
+    return status(launch_kernel(kernel, dim3((unsigned)blocks), regs.block, 0, stream, a));
   }
   const TeamShape shape = team_shape(p.cols, vec);
   const dim3 grid((unsigned)grid_for(p.rows, shape.rows_per_block));
@@ -710,10 +702,10 @@ const char* forward_typed(const nk::LayerNormFwdParams& p, cudaStream_t stream) 
                          : launch_kernel(layer_norm_fwd_wide_kernel<T, TR, 1>, grid, shape.block, 0, stream, a));
 }
 
-// The backward's plan: stage 1's blocks (from the shape, the SM count and the vector width) and
-// stage 2's tiles and chunks. The workspace (partial rows: the row groups, chunk sums,
-// counters) depends on neither the SM count's blocks nor the width, so that it can be sized
-// before the launcher sees the pointers.
+// The backward's plan: stage 1's blocks (from the shape, the vector width, the SM count and the
+// blocks an SM holds) and stage 2's tiles and chunks. The workspace (partial rows: the row
+// groups, chunk sums, counters) depends on neither stage 1's blocks nor the width, so that it
+// can be sized before the launcher sees the pointers.
 struct BwdPlan {
   bool registers;        // layer_norm_bwd_kernel (else the wide kernel)
   dim3 block;
@@ -726,7 +718,8 @@ struct BwdPlan {
   int64_t workspace_floats() const { return groups * 2 * cols + chunks * 2 * cols + tiles; }
 };
 
-BwdPlan bwd_plan(int64_t rows, int64_t cols, int sm_count, int vec) {
+// blocks_per_sm: stage 1's resident blocks (0 when only the workspace is wanted).
+BwdPlan bwd_plan(int64_t rows, int64_t cols, int sm_count, int vec, int blocks_per_sm) {
   BwdPlan p{};
   p.cols = cols;
   const int64_t sms = sm_count > 0 ? sm_count : 1;
@@ -735,17 +728,11 @@ BwdPlan bwd_plan(int64_t rows, int64_t cols, int sm_count, int vec) {
                                   : row_team(cols / vec, bwd_elems_per_thread<4>() / vec);
   p.registers = regs.rows_per_block > 0;
   p.groups = (rows + kGroupRows - 1) / kGroupRows;
-  int64_t blocks_per_sm;
   TeamShape team = regs;
   if (!p.registers) {
     // The wide kernel: ~32 elements per thread as its loop walks the row.
     const int64_t threads = ((cols + 31) / 32 + 31) / 32 * 32;
     team = {dim3((unsigned)(threads > kMaxThreads ? kMaxThreads : threads), 1), 1};
-    blocks_per_sm = 2;
-  } else if (regs.rows_per_block > 1) {
-    blocks_per_sm = kBwdWarpBlocksPerSm;
-  } else {
-    blocks_per_sm = kSmRegisters / ((int64_t)regs.block.x * kRegMaxRegisters);
   }
   p.block = team.block;
   p.blocks = (p.groups + team.rows_per_block - 1) / team.rows_per_block;
@@ -764,7 +751,14 @@ template <typename T, typename T2>
 const char* backward_typed(const nk::LayerNormBwdParams& p, cudaStream_t stream) {
   const int vec = pick_vec<T>(p.cols, {p.dy, p.xs, p.ds, p.weight, p.dx, p.dx2},
                               {p.dy_row_stride, p.xs_row_stride, p.ds ? p.ds_row_stride : 0});
-  const BwdPlan plan = bwd_plan(p.rows, p.cols, p.sm_count, vec);
+  constexpr int V = 16 / sizeof(T);
+  // The block's shape picks the kernel, whose residency then sizes the grid.
+  const BwdPlan shape = bwd_plan(p.rows, p.cols, p.sm_count, vec, 0);
+  auto* kernel = shape.registers
+                     ? (vec == V ? layer_norm_bwd_kernel<T, T2, V> : layer_norm_bwd_kernel<T, T2, 1>)
+                     : (vec == V ? layer_norm_bwd_wide_kernel<T, T2, V> : layer_norm_bwd_wide_kernel<T, T2, 1>);
+  const BwdPlan plan = bwd_plan(p.rows, p.cols, p.sm_count, vec,
+                                resident_blocks(kernel, (int)(shape.block.x * shape.block.y), 0));
   float* partial = p.workspace;
   float* chunk_sums = partial + plan.groups * 2 * p.cols;
   auto* counters = reinterpret_cast<unsigned*>(chunk_sums + plan.chunks * 2 * p.cols);
@@ -772,17 +766,7 @@ const char* backward_typed(const nk::LayerNormBwdParams& p, cudaStream_t stream)
                    p.xs_row_stride, static_cast<const T*>(p.ds), p.ds_row_stride,
                    static_cast<const T*>(p.weight), p.mean, p.rstd, static_cast<T*>(p.dx),
                    static_cast<T2*>(p.dx2), partial, counters, (int)plan.tiles, p.rows, (int)p.cols};
-  constexpr int V = 16 / sizeof(T);
-  const dim3 grid((unsigned)plan.blocks);
-  cudaError_t err;
-  if (plan.registers) {
-    err = vec == V ? launch_kernel(layer_norm_bwd_kernel<T, T2, V>, grid, plan.block, 0, stream, a)
-                   : launch_kernel(layer_norm_bwd_kernel<T, T2, 1>, grid, plan.block, 0, stream, a);
-  } else {
-    err = vec == V ? launch_kernel(layer_norm_bwd_wide_kernel<T, T2, V>, grid, plan.block, 0, stream, a)
-                   : launch_kernel(layer_norm_bwd_wide_kernel<T, T2, 1>, grid, plan.block, 0, stream, a);
-  }
-  if (const char* e = status(err)) return e;
+  if (const char* e = status(launch_kernel(kernel, dim3((unsigned)plan.blocks), plan.block, 0, stream, a))) return e;
   BwdReduceArgs<T> r{partial, plan.groups, (int)p.cols, (int)plan.chunks, plan.chunk_rows, chunk_sums, counters,
                      static_cast<T*>(p.dweight), static_cast<T*>(p.dbias)};
   const dim3 rgrid((unsigned)plan.tiles, (unsigned)plan.chunks), rblock(kReduceCols, kReduceLanes);
@@ -833,7 +817,7 @@ const char* layer_norm_backward(const nk::LayerNormBwdParams& p, void* stream) {
 }
 
 int64_t layer_norm_bwd_workspace_floats(int64_t rows, int64_t cols, int sm_count) {
-  return bwd_plan(rows, cols, sm_count, 1).workspace_floats();
+  return bwd_plan(rows, cols, sm_count, 1, 0).workspace_floats();
 }
 
 }  // namespace NK_NS

@@ -8,6 +8,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #ifdef __CUDACC__
 #include <cuda_bf16.h>
@@ -42,6 +45,35 @@ inline cudaError_t launch_kernel(void (*kernel)(KArgs...), dim3 grid, dim3 block
   nk_harness::launch(kernel, grid, block, smem, args...);
 #endif
   return cudaGetLastError();
+}
+
+// Blocks of `kernel` one SM holds at once with `threads` threads and `smem` bytes of dynamic
+// shared memory: a persistent grid's wave is this times the SM count. nvcc's register
+// allocation decides it, so the harness answers what the performance model read from nvcc's
+// resource report (nk_harness::resident_blocks).
+template <typename... KArgs>
+inline int resident_blocks(void (*kernel)(KArgs...), int threads, size_t smem) {
+#ifdef __CUDACC__
+  // Asked once per kernel, device and block (a driver call per launch would be host time in
+  // every step): the answer never changes. Kernels of one signature share this instantiation.
+  static std::mutex mutex;
+  static std::map<std::tuple<const void*, int, int, size_t>, int> known;
+  int device = 0;
+  (void)cudaGetDevice(&device);
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), device, threads, smem);
+  if (const auto it = known.find(key); it != known.end()) return it->second;
+  int blocks = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, smem) != cudaSuccess) {
+    (void)cudaGetLastError();  // cleared: the launch's cudaGetLastError must report the launch's own
+    return 1;
+  }
+  return known[key] = blocks > 0 ? blocks : 1;
+#else
+  (void)threads;
+  (void)smem;
+  return nk_harness::resident_blocks(reinterpret_cast<const void*>(kernel));
+#endif
 }
 
 // Grid limits of every GPU we build for: grid.x up to 2^31 - 1 blocks, grid.y and grid.z up

@@ -495,17 +495,32 @@ TORCH_LIBRARY_IMPL(nanogpt_kernels, CUDA, m) {
 // The CPU harness's instruments, for the performance model (tools/perf.py): which launches
 // the kernels of a call make, and the bank conflicts of their shared-memory requests.
 static PyObject* harness_instruments(PyObject*, PyObject* args, PyObject* kwargs) {
-  static const char* names[] = {"launches", "dry_run", "banks", "sample_blocks", "sm_count", nullptr};
+  static const char* names[] = {"launches", "dry_run", "banks", "sample_blocks", "sm_count", "resident", nullptr};
   int launches = 0, dry_run = 0, banks = 0, sm_count = 0;
   unsigned sample_blocks = 0;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|pppIi:harness_instruments", const_cast<char**>(names), &launches,
-                                   &dry_run, &banks, &sample_blocks, &sm_count))
+  PyObject* resident_dict = nullptr;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|pppIiO!:harness_instruments", const_cast<char**>(names),
+                                   &launches, &dry_run, &banks, &sample_blocks, &sm_count, &PyDict_Type,
+                                   &resident_dict))
     return nullptr;
   if (sm_count < 0) {
     PyErr_Format(PyExc_ValueError, "harness_instruments: sm_count must be >= 0 (0: the CPU default), got %d", sm_count);
     return nullptr;
   }
-  nk_instruments::configure(launches, dry_run, banks, sample_blocks, sm_count);
+  std::map<std::string, int> resident;
+  PyObject *key, *value;
+  for (Py_ssize_t pos = 0; resident_dict && PyDict_Next(resident_dict, &pos, &key, &value);) {
+    const char* name = PyUnicode_Check(key) ? PyUnicode_AsUTF8(key) : nullptr;
+    const long blocks = PyLong_Check(value) ? PyLong_AsLong(value) : 0;
+    if (name == nullptr || blocks < 1 || blocks > 1024) {
+      PyErr_Clear();
+      PyErr_SetString(PyExc_ValueError, "harness_instruments: resident maps kernel names (str) to blocks per SM "
+                                        "(int, 1 to 1024)");
+      return nullptr;
+    }
+    resident[name] = (int)blocks;
+  }
+  nk_instruments::configure(launches, dry_run, banks, sample_blocks, sm_count, resident);
   Py_RETURN_NONE;
 }
 
@@ -517,10 +532,11 @@ static PyObject* harness_records(PyObject*, PyObject*) {
 static PyMethodDef methods[] = {
     {"harness_instruments", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(harness_instruments)),
      METH_VARARGS | METH_KEYWORDS,
-     "harness_instruments(launches=False, dry_run=False, banks=False, sample_blocks=0, sm_count=0): on CPU "
-     "tensors, from now on record each launch's configuration, skip running the kernels (dry_run), count "
+     "harness_instruments(launches=False, dry_run=False, banks=False, sample_blocks=0, sm_count=0, resident={}): "
+     "on CPU tensors, from now on record each launch's configuration, skip running the kernels (dry_run), count "
      "shared-memory wavefronts (banks), run only the first sample_blocks blocks of each launch (0: all), size "
-     "grids for a GPU of sm_count SMs (0: the CPU default); clears the records"},
+     "grids for a GPU of sm_count SMs (0: the CPU default) holding resident[kernel] blocks of a kernel per SM "
+     "(by its resource report's name; others: the harness's default); clears the records"},
     {"harness_records", harness_records, METH_NOARGS,
      "harness_records() -> str: the JSON of the launches and shared-memory requests recorded since "
      "harness_instruments()"},

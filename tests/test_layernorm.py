@@ -112,6 +112,48 @@ def test_add_layer_norm_matches_reference(device, backend, dtype, rows, hidden):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32),
+                                    (torch.float32, torch.float16), (torch.float16, torch.float32)],
+                         ids=lambda d: "+".join(str(t).split(".")[1] for t in d))
+@pytest.mark.parametrize("rows,hidden", [(1, 48), (17, 100), (200, 768), (3, 9000)])
+@pytest.mark.parametrize("autocast", [False, True], ids=["plain", "autocast"])
+def test_add_layer_norm_mixed_dtypes_promote_as_eager(device, backend, dtypes, rows, hidden, autocast):
+    """x and residual in different dtypes, as under autocast (a float32 residual stream and a
+    16-bit sublayer output): s, y and both gradients have eager's dtypes, s is eager's promoted
+    sum bit for bit, the 16-bit input's gradient is the float32 one's rounded, and the rest is as
+    accurate as eager against float64."""
+    x_dtype, r_dtype = dtypes
+    low = x_dtype if r_dtype == torch.float32 else r_dtype
+    x, w, b, dy = make_inputs(rows, hidden, torch.float32, device)
+    x = x.to(x_dtype)
+    r = make_inputs(rows, hidden, r_dtype, device, seed=1)[0]
+    ds = make_inputs(rows, hidden, torch.float32, device, seed=2)[3]
+
+    def run(fn, cast=None):
+        leaves = [t.detach().to(cast or t.dtype).requires_grad_() for t in (x, r, w, b)]
+        with torch.autocast(device, dtype=low, enabled=autocast):
+            s, y = fn(*leaves)
+        torch.autograd.backward([s, y], [ds.to(s.dtype), dy.to(y.dtype)])
+        return [s, y] + [t.grad for t in leaves]
+
+    def eager(x, r, w, b):
+        s = x + r
+        return s, F.layer_norm(s, (hidden,), w, b)
+
+    ref, eag = run(eager, torch.float64), run(eager)
+    ours = run(lambda x, r, w, b: nk.add_layer_norm(x, r, w, b, backend=backend))
+    for i, name in enumerate(("s", "y", "dx", "dresidual", "dweight", "dbias")):
+        assert ours[i].dtype == eag[i].dtype, f"{name}: {ours[i].dtype}, eager {eag[i].dtype}"
+        err, tol = max_error(ours[i], ref[i]), tolerance(eag[i], ref[i], eag[i].dtype, backward=i >= 2)
+        assert err <= tol, f"{name}: max error {err:.3g} > tolerance {tol:.3g}"
+    assert torch.equal(ours[0], eag[0])
+    # Eager hands the 16-bit input the float32 gradient rounded to its dtype; so do we.
+    wide, narrow = (ours[2], ours[3]) if x_dtype == torch.float32 else (ours[3], ours[2])
+    assert torch.equal(narrow, wide.to(low))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 def test_layer_norm_wide_rows(device, backend):
     x, w, b, dy = make_inputs(2, 16384, torch.bfloat16, device)
     check_against_reference(lambda x, w, b: nk.layer_norm(x, w, b, backend=backend), x, w, b, dy)
@@ -178,6 +220,10 @@ def test_bad_input(backend):
          "hidden size (last dimension) must be at most 65536"),
         (lambda: nk.layer_norm(x, w, b, eps=-1.0, backend=backend), "eps must be a non-negative"),
         (lambda: nk.add_layer_norm(x, torch.randn(4, 9), w, b, backend=backend), "residual must have shape (4, 8)"),
+        (lambda: nk.add_layer_norm(x.half(), x.bfloat16(), w, b, backend=backend),
+         "x (torch.float16) and residual (torch.bfloat16) must have one dtype, or be float32 and a 16-bit one"),
+        (lambda: nk.add_layer_norm(x.bfloat16(), x, w.bfloat16(), b, backend=backend),
+         "weight must have the dtype of x + residual (torch.float32), got torch.bfloat16"),
         (lambda: nk.layer_norm(x, w, b, backend="cudnn"), "backend must be one of"),
         (lambda: nk.layer_norm(x, "w", b, backend=backend), "weight must be a torch.Tensor"),
     ]
@@ -188,6 +234,7 @@ def test_bad_input(backend):
 
 
 def test_cpp_op_checks_its_arguments():
+    nk._backend.load_extension()  # registers the C++ ops, when no test before this one did
     x, w = torch.randn(4, 8), torch.randn(8)
     with pytest.raises(RuntimeError, match=r"weight must have shape \[8\]"):
         torch.ops.nanogpt_kernels.cuda_layer_norm_fwd(x, None, torch.randn(7), None, 1e-5)
@@ -195,40 +242,51 @@ def test_cpp_op_checks_its_arguments():
         torch.ops.nanogpt_kernels.cuda_layer_norm_fwd(x.long(), None, w, None, 1e-5)
     with pytest.raises(RuntimeError, match="residual must have shape"):
         torch.ops.nanogpt_kernels.cuda_layer_norm_fwd(x, torch.randn(4, 9), w, None, 1e-5)
+    with pytest.raises(RuntimeError, match="residual must have the dtype of x"):
+        torch.ops.nanogpt_kernels.cuda_layer_norm_fwd(x.bfloat16(), x, w.bfloat16(), None, 1e-5)
+    _, _, mean, rstd = torch.ops.nanogpt_kernels.cuda_layer_norm_fwd(x, None, w, None, 1e-5)
+    with pytest.raises(RuntimeError, match="dx2_dtype must be float16 or bfloat16, with xs float32"):
+        torch.ops.nanogpt_kernels.cuda_layer_norm_bwd(x.half(), x.half(), w.half(), mean, rstd, None, torch.bfloat16)
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
-@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("residual", [None, torch.float32, torch.bfloat16], ids=["none", "same", "bf16"])
 def test_opcheck(backend, residual):
     x = torch.randn(7, 48, requires_grad=True)
-    r = torch.randn(7, 48, requires_grad=True) if residual else None
+    r = torch.randn(7, 48, dtype=residual, requires_grad=True) if residual else None
     w, b = torch.randn(48, requires_grad=True), torch.randn(48, requires_grad=True)
     torch.library.opcheck(torch.ops.nanogpt_kernels.layer_norm_fwd.default, (x, r, w, b, 1e-5, backend))
     with torch.no_grad():
         y, s, mean, rstd = torch.ops.nanogpt_kernels.layer_norm_fwd(x, r, w, b, 1e-5, backend)
     xs = s if residual else x.detach()
+    dx2_dtype = residual if residual not in (None, torch.float32) else None
     torch.library.opcheck(torch.ops.nanogpt_kernels.layer_norm_bwd.default,
                           (torch.randn(7, 48), xs, w.detach(), mean, rstd, torch.randn(7, 48) if residual else None,
-                           True, backend))
+                           True, dx2_dtype, backend))
 
 
 def test_opcheck_cpp_ops():
+    nk._backend.load_extension()
     x, w, b = torch.randn(7, 48), torch.randn(48), torch.randn(48)
     torch.library.opcheck(torch.ops.nanogpt_kernels.cuda_layer_norm_fwd.default, (x, torch.randn(7, 48), w, b, 1e-5))
+    torch.library.opcheck(torch.ops.nanogpt_kernels.cuda_layer_norm_fwd.default,
+                          (x, torch.randn(7, 48, dtype=torch.float16), w, b, 1e-5))
     _, _, mean, rstd = torch.ops.nanogpt_kernels.cuda_layer_norm_fwd(x, None, w, b, 1e-5)
-    torch.library.opcheck(torch.ops.nanogpt_kernels.cuda_layer_norm_bwd.default,
-                          (torch.randn(7, 48), x, w, mean, rstd, None))
+    for dx2_dtype in (None, torch.bfloat16):
+        torch.library.opcheck(torch.ops.nanogpt_kernels.cuda_layer_norm_bwd.default,
+                              (torch.randn(7, 48), x, w, mean, rstd, None, dx2_dtype))
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
-def test_torch_compile_fullgraph(backend):
+@pytest.mark.parametrize("residual_dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_torch_compile_fullgraph(backend, residual_dtype):
     ln = nk.nn.LayerNorm(48, backend=backend)
 
     def block(x, r):
         s, y = nk.add_layer_norm(x, r, ln.weight, ln.bias, backend=backend)
         return ln(y * 2) + s
 
-    x, r = torch.randn(2, 5, 48, requires_grad=True), torch.randn(2, 5, 48)
+    x, r = torch.randn(2, 5, 48, requires_grad=True), torch.randn(2, 5, 48, dtype=residual_dtype)
     compiled = torch.compile(block, fullgraph=True)
     out = compiled(x, r)
     out.sum().backward()
@@ -253,16 +311,18 @@ def test_module_state_dict_compatibility():
     assert set(ours.state_dict()) == {"weight", "bias"}
 
 
-@pytest.mark.parametrize("rows,hidden,dtype,wide", [(50, 768, torch.bfloat16, False), (7, 9000, torch.float32, True)],
+@pytest.mark.parametrize("rows,hidden,dtype,wide",
+                         [(301, 768, torch.bfloat16, False), (101, 9000, torch.float32, True)],
                          ids=["row_in_registers", "wide_rows"])
 def test_triton_backward_is_deterministic_for_every_number_of_programs(monkeypatch, rows, hidden, dtype, wide):
-    """The backward sizes its G programs and the reduce's R row chunks by the SM count: with 1, 3,
-    30 and 1000 SMs (G from 2 to every row block, row blocks split unevenly, R = 1, R > 1 and
-    R = G), each run repeats the last one's bits and is right. Different G sum in different
-    orders, so only a GPU's own G repeats bits."""
+    """The grids are sized by the SM count, but dweight and dbias are summed over fixed groups of
+    16 rows, then fixed chunks of groups, in index order. With 1, 3, 30 and 1000 SMs (programs
+    taking several row groups, unevenly, up to one group each; the reduce's programs several
+    (tile, chunk) items or one), every output is the same bits as with 1 SM, run after run, and
+    right. The row counts are multiples of neither 16 nor 4 rows a step."""
     from nanogpt_kernels.triton import layernorm as triton_layernorm
 
-    grids = {"_layer_norm_bwd_kernel": [], "_layer_norm_bwd_reduce_rows_kernel": []}
+    grids = {"_layer_norm_bwd_kernel": [], "_layer_norm_bwd_reduce_kernel": []}
 
     class Recorder:
         def __init__(self, name):
@@ -276,17 +336,20 @@ def test_triton_backward_is_deterministic_for_every_number_of_programs(monkeypat
         monkeypatch.setattr(triton_layernorm, name, Recorder(name))
     x, w, b, dy = make_inputs(rows, hidden, dtype, "cpu")
     fn = lambda x, w, b: nk.layer_norm(x, w, b, backend="triton")  # noqa: E731
+    first = None
     for sms in (1, 3, 30, 1000):
         monkeypatch.setattr(triton_layernorm, "_sm_count", lambda device: sms)
-        first = forward_backward(fn, x, w, b, dy)
-        check_against_reference(fn, x, w, b, dy)
-        for name, a, c in zip(("y", "dx", "dweight", "dbias"), first, forward_backward(fn, x, w, b, dy)):
-            assert torch.equal(a, c), f"{name} differs between runs with {sms} SMs"
+        for _ in range(2):
+            out = forward_backward(fn, x, w, b, dy)
+            first = first or out
+            for name, a, c in zip(("y", "dx", "dweight", "dbias"), first, out):
+                assert torch.equal(a, c), f"{name} with {sms} SMs differs from 1 SM's"
+    check_against_reference(fn, x, w, b, dy)
     tiling = triton_layernorm._tiling(hidden, x.element_size(), triton_layernorm._BWD_MAX_CHUNKS)
-    assert (tiling.chunks == 0) == wide
+    assert (tiling.chunks == 0) == wide and rows % 16 and (wide or rows % tiling.rows)
     assert len({grid[0] for grid in grids["_layer_norm_bwd_kernel"]}) >= 3
-    # Each of the three runs per SM count that reduced in two stages launched the first once.
-    assert 0 < len(grids["_layer_norm_bwd_reduce_rows_kernel"]) < 12
+    assert len({grid[0] for grid in grids["_layer_norm_bwd_reduce_kernel"]}) >= 3
+
 
 @pytest.mark.parametrize("hidden", [768, 1024])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -325,6 +388,30 @@ def test_cuda_backward_is_the_same_bits_for_every_grid(rows, hidden, dtype):
         _C.harness_instruments()
 
 
+def test_cuda_persistent_grids_are_one_full_wave():
+    """The register-path forward and stage 1 of the backward launch as many blocks as the GPU
+    holds at once (the SM count times cudaOccupancyMaxActiveBlocksPerMultiprocessor's answer,
+    which the harness takes from the model): every slot busy, each block loading its weight once."""
+    from nanogpt_kernels import _C
+
+    rows, hidden = 12 * 1024, 768
+    x, dy = (torch.empty(rows, hidden, dtype=torch.bfloat16) for _ in range(2))
+    w = torch.ones(hidden, dtype=torch.bfloat16)
+    mean, rstd = torch.zeros(rows), torch.ones(rows)
+    resident = {"nk_cuda::layer_norm_fwd_kernel<__nv_bfloat16, __nv_bfloat16, 8>": 9,
+                "nk_cuda::layer_norm_bwd_kernel<__nv_bfloat16, void, 8>": 5}
+    try:
+        _C.harness_instruments(dry_run=True, sm_count=108, resident=resident)
+        torch.ops.nanogpt_kernels.cuda_layer_norm_fwd(x, None, w, None, 1e-5)
+        torch.ops.nanogpt_kernels.cuda_layer_norm_bwd(dy, x, w, mean, rstd, None, None)
+        launches = json.loads(_C.harness_records())["launches"]
+    finally:
+        _C.harness_instruments()
+    assert [(launch["grid"][0], launch["block"][0]) for launch in launches[:2]] == [(108 * 9, 96), (108 * 5, 96)]
+    with pytest.raises(ValueError, match="resident maps kernel names"):
+        _C.harness_instruments(resident={"k": 0})
+
+
 def test_cuda_backward_launches_for_any_number_of_rows():
     """Past 16 x 16 x 65535 rows the reduce's chunks would overflow grid.y; they grow instead (a
     function of the row count, so still the same bits for every grid). A dry run of the harness
@@ -337,9 +424,48 @@ def test_cuda_backward_launches_for_any_number_of_rows():
     mean, rstd = torch.zeros(rows), torch.ones(rows)
     try:
         _C.harness_instruments(dry_run=True, sm_count=132)
-        torch.ops.nanogpt_kernels.cuda_layer_norm_bwd(dy, xs, weight, mean, rstd, None)
+        torch.ops.nanogpt_kernels.cuda_layer_norm_bwd(dy, xs, weight, mean, rstd, None, None)
         launches = json.loads(_C.harness_records())["launches"]
     finally:
         _C.harness_instruments()
     reduce = launches[-1]
     assert "reduce" in reduce["kernel"] and reduce["grid"][1] <= 65535, launches
+
+
+# Triton LayerNorm: fixed row groups, weights held in registers, dx in two dtypes
+
+
+@pytest.mark.parametrize("rows,hidden", [(7, 1000), (5, 9000)], ids=["row_in_registers", "wide_rows"])
+@pytest.mark.parametrize("low", [torch.float16, torch.bfloat16], ids=str)
+def test_triton_kernels_take_a_narrower_residual_and_write_dx_twice(rows, hidden, low):
+    """As the op layer calls them with float32 x and a 16-bit residual: s is eager's promoted sum
+    bit for bit, and the backward's second dx, written in the same pass, is the float32 dx
+    rounded, bit for bit; without dx2_dtype there is none and nothing else changes."""
+    from nanogpt_kernels.triton import layernorm as triton_layernorm
+
+    x, w, b, dy = make_inputs(rows, hidden, torch.float32, "cpu")
+    r = make_inputs(rows, hidden, low, "cpu", seed=1)[0]
+    ds = make_inputs(rows, hidden, torch.float32, "cpu", seed=2)[3]
+    y, s, mean, rstd = triton_layernorm.layer_norm_fwd(x, r, w, b, 1e-5)
+    assert s.dtype == y.dtype == torch.float32 and torch.equal(s, x + r)
+    assert max_error(y, F.layer_norm(s.double(), (hidden,), w.double(), b.double())) < 1e-5
+    dx, dx2, dw, db = triton_layernorm.layer_norm_bwd(dy, s, w, True, mean, rstd, ds, low)
+    assert dx2.dtype == low and torch.equal(dx2, dx.to(low))
+    dx_only, none, dw_only, db_only = triton_layernorm.layer_norm_bwd(dy, s, w, True, mean, rstd, ds)
+    assert none is None
+    for a, c in ((dx, dx_only), (dw, dw_only), (db, db_only)):
+        assert torch.equal(a, c)
+
+
+def test_triton_reduce_chunks_depend_on_the_row_count_alone():
+    """The reduce's chunks of partial rows grow (doubling) past _REDUCE_MAX_CHUNKS instead of
+    leaving a tile's last program an ever longer sum; the split is a function of the number of
+    row groups, never of the grid."""
+    from nanogpt_kernels.triton import layernorm as triton_layernorm
+
+    block, most = triton_layernorm._REDUCE_BLOCK_G, triton_layernorm._REDUCE_MAX_CHUNKS
+    assert triton_layernorm._reduce_chunk_rows(1, block) == block
+    assert triton_layernorm._reduce_chunk_rows(block * most, block) == block
+    for groups in (block * most + 1, 17 * (1 << 20) // 16, (1 << 31) // 16):
+        rows = triton_layernorm._reduce_chunk_rows(groups, block)
+        assert rows % block == 0 and -(-groups // rows) <= most < -(-groups // (rows // 2))

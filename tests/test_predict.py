@@ -62,7 +62,10 @@ def test_launch_arithmetic_matches_the_roofline_formulas(calls):
     # ds read once and dx written once per row, the weight once per block.
     (lnb,) = by(calls, "layernorm", "backward")
     main, reduce = pr.work(lnb)
-    assert pr.LN_GROUP_ROWS == int(re.search(r"kGroupRows = (\d+);", LAYERNORM_CU.read_text())[1])
+    source = LAYERNORM_CU.read_text()
+    for constant, value in (("kGroupRows", pr.LN_GROUP_ROWS), ("kReduceLanes", pr.LN_REDUCE_LANES),
+                            ("kReduceBatch", pr.LN_REDUCE_BATCH)):
+        assert value == int(re.search(rf"{constant} = (\d+);", source)[1]), constant
     groups = M // pr.LN_GROUP_ROWS
     partials = groups * 2 * C * 4
     assert main.dram_bytes + reduce.dram_bytes == pytest.approx(pr.ideal_bytes(lnb) + 2 * partials)
@@ -119,7 +122,7 @@ def fake_rows(calls, archs=("sm_80", "sm_90a")):
 
 
 def test_predict_step_from_rows(calls, monkeypatch):
-    monkeypatch.setattr(pr, "record_step", lambda shapes, ops, sm_count=0: calls)
+    monkeypatch.setattr(pr, "record_step", lambda shapes, ops, sm_count=0, rows=None, arch="": calls)
     result = pr.predict(models=("gpt2",), gpus=("A100-SXM-80GB",), rows=fake_rows(calls), banks=False,
                         backends=("cuda",))
     (step,) = result["steps"]
@@ -146,7 +149,7 @@ def test_every_launch_is_in_the_kernel_report(backend):
     the compiled kernel, not a guess."""
     rows = pr.kernel_rows((backend,))
     for gpu in (A100, H100):
-        launches = pr.predict_launches(pr.record_backend(GPT2.shapes, pr.OPS, backend, gpu), rows, gpu, GPT2.name)
+        launches = pr.predict_launches(pr.record_backend(GPT2.shapes, pr.OPS, backend, gpu, rows), rows, gpu, GPT2.name)
         missing = {lp.kernel for lp in launches if lp.notes}
         assert not missing, missing
         assert all(lp.registers and lp.ctas_per_sm >= 1 and lp.backend == backend for lp in launches)
@@ -181,7 +184,7 @@ def test_budgets_hold():
 def test_budget_gate_catches_a_worse_figure(calls, monkeypatch):
     """Budgets recorded from a run pass it; a launch with fewer CTAs per SM (worse waves), a slower
     op (lower speedup) and a call moving more bytes each fail, naming the figure that moved."""
-    monkeypatch.setattr(pr, "record_step", lambda shapes, ops, sm_count=0: calls)
+    monkeypatch.setattr(pr, "record_step", lambda shapes, ops, sm_count=0, rows=None, arch="": calls)
     rows = fake_rows(calls)
     result = pr.predict(models=("gpt2",), gpus=pr.BUDGET_GPUS, rows=rows, banks=False, backends=("cuda",))
     recorded = pr.record_budgets(result, {}, "today")

@@ -108,8 +108,12 @@ def test_every_config_is_derived():
 
 
 def test_a_kernel_the_probe_never_launches(monkeypatch):
-    forward_only = lambda module, dtype: module.layer_norm_fwd(  # noqa: E731
-        torch.empty(5, 37, dtype=dtype), None, torch.empty(37, dtype=dtype), None, 1e-5)
+    def forward_only(module, dtype):  # with every residual dtype the forward takes beside x's
+        residuals = (torch.float32, torch.float16, torch.bfloat16) if dtype == torch.float32 else (dtype,)
+        for r in (None, *residuals):
+            module.layer_norm_fwd(torch.empty(5, 37, dtype=dtype), None if r is None else torch.empty(5, 37, dtype=r),
+                                  torch.empty(37, dtype=dtype), None, 1e-5)
+
     monkeypatch.setitem(triton_configs.PROBES, triton_layernorm.__name__, forward_only)
     message = (r"config 'layer_norm_bwd_fp32_n128x1_ds0_bias0' \(kernel _layer_norm_bwd_kernel, dtype fp32\): "
                "the probe never launched this kernel with this dtype")

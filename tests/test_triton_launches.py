@@ -92,20 +92,21 @@ def test_gemm_tiles_per_arch_and_grids(recorded):
 
 
 def test_layer_norm_column_sum_and_init_grids(recorded):
-    """LayerNorm forward: 4 rows of 768 columns (3 chunks of 256) per program. Backward: two
-    programs per SM each write a row of partial dweight and dbias, summed in 12 column tiles of
-    64 by as many row chunks as fill the SMs, then per tile; the column sum's first stage is
+    """LayerNorm forward: 4 rows of 768 columns (3 chunks of 256) a step, on 12 programs per SM.
+    Backward: two programs per SM write a row of partial dweight and dbias per 16 rows, summed by
+    one program per SM over 12 column tiles of 64 x 12 chunks of 64 partial rows (then per tile,
+    by the tile's last program); the column sum's first stage is
     (N / 128 column blocks) x (M / 256 row slices) on one axis, its reduce one program per column
     block; normal_init_ 512 Philox counter blocks (4 elements each) per program."""
     cc, calls = recorded
     sms = {80: 108, 90: 132}[cc]
     (fwd,) = launches(calls, "layernorm", "forward")
     assert (fwd["kernel"], fwd["grid"], fwd["block"]) == (
-        "layer_norm_fwd_bf16_n256x3_res1_bias1", [M // 4, 1, 1], [128, 1, 1])
+        "layer_norm_fwd_bf16_n256x3_res1_bias1", [12 * sms, 1, 1], [128, 1, 1])
     assert [(launch["kernel"], launch["grid"]) for launch in launches(calls, "layernorm", "backward")] == [
         ("layer_norm_bwd_bf16_n256x3_ds1_bias1", [2 * sms, 1, 1]),
-        ("layer_norm_bwd_reduce_rows_bias1", [C // 64, sms // (C // 64), 1]),
-        ("layer_norm_bwd_reduce_bf16_bias1", [C // 64, 1, 1])]
+        ("layer_norm_bwd_reduce_bf16_bias1", [sms, 1, 1])]
+    assert (M // 16 // 64) * (C // 64) >= sms
     sums = [c for c in calls if c.name == "cuda_column_sum"]
     assert [[launch["grid"] for launch in c.launches] for c in sums] == [
         [[N // 128 * M // 256, 1, 1], [N // 128, 1, 1]] for N in (C, 4 * C)]
@@ -132,7 +133,8 @@ def test_a_launch_without_configuration_is_an_error(monkeypatch):
     monkeypatch.setattr(layernorm, "compile_configs",
                         lambda: [c for c in own() if c["name"] != "layer_norm_bwd_reduce_bf16_bias1"])
     with pytest.raises(ValueError, match=r"_layer_norm_bwd_reduce_kernel launched on sm_90 with constexprs "
-                                         r"\{'HAS_BIAS': True, 'BLOCK_G': 64, 'BLOCK_C': 64\}.*0 configurations"):
+                                         r"\{'HAS_BIAS': True, 'GROUP_ROWS': 16, 'BLOCK_G': 64, 'BLOCK_C': 64\}"
+                                         r".*0 configurations"):
         record_triton_step(GPT2, ("layernorm",), 90)
 
 

@@ -13,8 +13,8 @@ dynamic shared memory included), its main loop the issue slots and shared bytes 
 
 What a launch does (FLOPs, bytes) is launch arithmetic, from the tensors of the C++ op call:
     layer_norm_fwd     every tensor read or written once (a row stays in registers)
-    layer_norm_bwd     every tensor once, plus per CTA two fp32 rows of partial dweight/dbias,
-                       written by the row kernel and read by the reduce kernel
+    layer_norm_bwd     every tensor once, plus per group of 16 rows two fp32 rows of partial
+                       dweight/dbias, written by the row kernel and read by the reduce kernel
     gemm               2 M N K FLOPs; a, b, the outputs and the epilogue's operands once (tiles
                        re-read by other CTAs come from L2: A and B of nanoGPT's GEMMs fit in it)
     column_sum         x once; per row slice (grid.y of the partial kernel) an fp32 row of partials
@@ -148,13 +148,13 @@ class Call:
 
 _ARG_NAMES = {
     "cuda_layer_norm_fwd": ("x", "residual", "weight", "bias"),
-    "cuda_layer_norm_bwd": ("dy", "xs", "weight", "mean", "rstd", "ds"),
+    "cuda_layer_norm_bwd": ("dy", "xs", "weight", "mean", "rstd", "ds", "dx2_dtype"),
     "cuda_attention_fwd": ("q", "k", "v", "o", "lse"),
     "cuda_attention_bwd": ("do", "q", "k", "v", "o", "lse", "dq", "dk", "dv"),
     "cuda_gemm": ("a", "b", "d", "d2", "bias", "aux"),
     "cuda_column_sum": ("x", "out"),
 }
-_OUT_NAMES = {"cuda_layer_norm_fwd": ("y", "s", "mean", "rstd"), "cuda_layer_norm_bwd": ("dx", "dweight", "dbias")}
+_OUT_NAMES = {"cuda_layer_norm_fwd": ("y", "s", "mean", "rstd"), "cuda_layer_norm_bwd": ("dx", "dx2", "dweight", "dbias")}
 
 
 def _tensors(name: str, args, out) -> dict:
@@ -168,10 +168,11 @@ def _tensors(name: str, args, out) -> dict:
 
 
 @contextlib.contextmanager
-def recording(phase_of, sm_count: int = 0):
+def recording(phase_of, sm_count: int = 0, resident: dict | None = None):
     """Within the block, every C++ op call is recorded as a Call (its launches dry-run in the
-    harness, nothing computed, grids sized for `sm_count` SMs where the launcher asks);
-    `phase_of()` names the (op, phase) the call belongs to."""
+    harness, nothing computed, grids sized for `sm_count` SMs, and for `resident` blocks per SM
+    of a kernel (by report name), where the launcher asks); `phase_of()` names the (op, phase)
+    the call belongs to."""
     from nanogpt_kernels import _backend
     ext = _backend.load_extension()
     calls = []
@@ -180,7 +181,7 @@ def recording(phase_of, sm_count: int = 0):
 
     def recorder(name, original):
         def call(*args):
-            ext.harness_instruments(dry_run=True, sm_count=sm_count)
+            ext.harness_instruments(dry_run=True, sm_count=sm_count, resident=resident or {})
             out = original(*args)
             launches = json.loads(ext.harness_records())["launches"]
             op, phase = phase_of()
@@ -236,9 +237,13 @@ def _exercise(shapes: Shapes, ops, phase) -> None:
         nk.normal_init_(params, [0.02] * len(params), seed=0, backend="cuda")
 
 
-def record_step(shapes: Shapes, ops=OPS, sm_count: int = 0) -> list[Call]:
+def record_step(shapes: Shapes, ops=OPS, sm_count: int = 0, rows: dict | None = None,
+                arch: str = "") -> list[Call]:
     """The C++ op calls, with their launches, of one layer's ops at `shapes`, on a GPU of
-    `sm_count` SMs (0: the CPU's default, for launchers that size their grid by it)."""
+    `sm_count` SMs (0: the CPU's default, for launchers that size their grid by it). With the
+    kernel report's `rows`, persistent launchers size their grid by the blocks of `arch` one SM
+    holds, as cudaOccupancyMaxActiveBlocksPerMultiprocessor tells them on the GPU: a first dry
+    run finds each launch's block (which does not depend on it), a second uses it."""
     current = ["", ""]
 
     def phase(op, name):
@@ -246,7 +251,30 @@ def record_step(shapes: Shapes, ops=OPS, sm_count: int = 0) -> list[Call]:
 
     with recording(lambda: tuple(current), sm_count) as calls:
         _exercise(shapes, ops, phase)
+    if rows is None:
+        return calls
+    with recording(lambda: tuple(current), sm_count, resident_blocks(calls, rows, arch)) as calls:
+        _exercise(shapes, ops, phase)
     return calls
+
+
+def resident_blocks(calls: list[Call], rows: dict, arch: str) -> dict:
+    """{kernel (report name): blocks per SM} of the recorded CUDA launches on `arch`: the
+    occupancy of the launch's block with the report's registers and shared memory (the least
+    over a kernel's launches: the harness's table has one figure per kernel)."""
+    from tools.kernels import occupancy
+
+    out = {}
+    for call in calls:
+        for launch in call.launches:
+            name = report_name(launch["kernel"])
+            row = rows.get((arch, name))
+            if row is None:
+                continue
+            smem = launch["dynamic_smem"] + (row.shared_bytes or 0)
+            blocks = max(1, occupancy(row.registers, smem, math.prod(launch["block"]), arch)["blocks_per_sm"])
+            out[name] = min(blocks, out.get(name, blocks))
+    return out
 
 
 # Blocks of each launch the bank counter runs: every CTA of our kernels issues the same shared-
@@ -312,6 +340,19 @@ class Work:
 REDUCE_UNROLL = 4
 # csrc/layernorm.cu's kGroupRows: the backward's partial rows are groups of this many rows.
 LN_GROUP_ROWS = 16
+# csrc/layernorm.cu's kReduceLanes and kReduceBatch: the reduce kernel's row lanes, and the
+# rows (chunk sums) each lane loads before it adds them.
+LN_REDUCE_LANES = 8
+LN_REDUCE_BATCH = 4
+
+
+def _ln_reduce_round_trips(chunk_rows: int, chunks: int) -> int:
+    """The chain of csrc/layernorm.cu's reduce kernel: a lane's rows of its chunk, a batch per
+    round trip; the tile counter's atomic; then (the tile's last block) its share of the chunks'
+    sums, likewise."""
+    def batches(n):
+        return math.ceil(math.ceil(n / LN_REDUCE_LANES) / LN_REDUCE_BATCH)
+    return batches(chunk_rows) + 1 + batches(chunks)
 
 
 def _rows_per_team(call: Call, launch: dict) -> int:
@@ -335,13 +376,25 @@ def work(call: Call) -> list[Work]:
     CUDA kernels and for the Triton ones (tools/triton_launches.py names their calls alike)."""
     n = len(call.launches)
     triton = bool(call.launches) and call.launches[0].get("source") == "triton"
-    if call.name == "cuda_layer_norm_fwd" and triton:
-        # One program per row holds it in registers: x (and the residual) read once, s and y
-        # written, weight and bias read per row; one round trip.
+    if call.name == "cuda_layer_norm_fwd" and triton and "_wide" not in call.launches[0]["kernel"]:
+        # nanogpt_kernels/triton/layernorm.py's register path: a persistent grid whose programs
+        # (grid.x) load weight and bias once, into registers, then take steps of ROWS rows: x
+        # (and the residual) read once, s and y written; one round trip per step.
+        from nanogpt_kernels.triton import layernorm
         rows, C = call.tensors["mean"][0][0], call.tensors["weight"][0][0]
-        per_row = C * call.tensors["x"][1] * (1 + 2 + 1 + (2 if "residual" in call.tensors else 0)) + 8
+        programs = call.launches[0]["grid"][0]
+        step = layernorm._tiling(C, call.tensors["x"][1], layernorm._FWD_MAX_CHUNKS).rows
+        params = _size(call, "weight", "bias")
+        return [Work(dram_bytes=_all(call), global_bytes=_all(call) - params + programs * params,
+                     serial_round_trips=math.ceil(math.ceil(rows / step) / programs))]
+    if call.name == "cuda_layer_norm_fwd" and triton:
+        # The streamed rows: per row x (and the residual) in each of three passes (the second
+        # and third from L1 and L2), weight and bias per row, s and y written.
+        rows, C = call.tensors["mean"][0][0], call.tensors["weight"][0][0]
+        x_bytes = C * (call.tensors["x"][1] + (call.tensors["residual"][1] if "residual" in call.tensors else 0))
+        per_row = 3 * x_bytes + _size(call, "weight", "bias") + _size(call, "s", "y") // rows + 8
         return [Work(dram_bytes=_all(call), global_bytes=rows * per_row,
-                     serial_round_trips=_rows_per_team(call, call.launches[0]))]
+                     serial_round_trips=3 * _rows_per_team(call, call.launches[0]))]
     if call.name == "cuda_layer_norm_fwd" and "wide" not in call.launches[0]["kernel"]:
         # csrc/layernorm.cu's register path: x (and the residual) read once, s and y written
         # from registers, weight and bias once per block; one round trip per row.
@@ -371,59 +424,67 @@ def work(call: Call) -> list[Work]:
         chunks = reduce_launch["grid"][1]
         partials, chunk_sums = groups * 2 * C * 4, chunks * 2 * C * 4
         weights = main_launch["grid"][0] * C * es
-        streamed = _size(call, "dy", "xs", "mean", "rstd", "ds", "dx")
+        streamed = _size(call, "dy", "xs", "mean", "rstd", "ds", "dx", "dx2")
         main = Work(dram_bytes=streamed + _size(call, "weight") + partials,
                     global_bytes=streamed + weights + partials,
                     serial_round_trips=math.ceil(groups / teams) * LN_GROUP_ROWS)
         out = _size(call, "dweight", "dbias")
-        # Its chain: each of 8 row lanes adds its 2 partial rows, then (the tile's last block)
-        # its share of the chunks' sums.
         reduce = Work(dram_bytes=partials + out, global_bytes=partials + 2 * chunk_sums + out,
-                      serial_round_trips=LN_GROUP_ROWS // 8 + math.ceil(chunks / 8))
+                      serial_round_trips=_ln_reduce_round_trips(math.ceil(groups / chunks), chunks))
         return [main, reduce][:n]
-    if call.name == "cuda_layer_norm_bwd" and triton and "_wide" not in call.launches[0]["kernel"]:
-        # nanogpt_kernels/triton/layernorm.py's register path: G programs (grid.x) take steps of
-        # ROWS rows, each reading dy and xs (and ds) once and weight per row (L1), writing dx,
-        # and write one fp32 row per gradient at their end. With three launches the first reduce
-        # sums R (its grid.y) chunks of those G rows per 64-column tile and the second the R
-        # chunk sums; with two, the one reduce sums the G rows.
+    if call.name == "cuda_layer_norm_bwd" and triton:
+        # nanogpt_kernels/triton/layernorm.py: G programs (grid.x) load the weight once (register
+        # path: into registers) and take row groups of _GROUP_ROWS rows, ROWS rows a step,
+        # reading dy and xs (and ds) once and writing dx (and dx2); each group's sums are one fp32
+        # row per gradient. The streamed (wide) rows read dy, xs and the weight twice per row, the
+        # second time from L2, and pass each row's two sums through a scratch row. The reduce
+        # reads the partial rows once (column tiles x chunks of them), writes each chunk's sums,
+        # and a tile's last program reads them back; its chain: one BLOCK_G-row step per chunk,
+        # then the chunk sums' steps.
         from nanogpt_kernels.triton import layernorm
         rows, C = call.tensors["mean"][0][0], call.tensors["weight"][0][0]
         es = call.tensors["dy"][1]
-        G = call.launches[0]["grid"][0]
+        main_launch, reduce_launch = call.launches
+        G = main_launch["grid"][0]
+        wide = "_wide" in main_launch["kernel"]
         step = layernorm._tiling(C, es, layernorm._BWD_MAX_CHUNKS).rows
-        partials = G * 2 * C * 4
-        streamed = _size(call, "dy", "xs", "mean", "rstd", "ds", "dx")
+        group_rows = layernorm._GROUP_ROWS
+        groups = math.ceil(rows / group_rows)
+        chunk_rows = layernorm._reduce_chunk_rows(groups, layernorm._REDUCE_BLOCK_G)
+        chunks = math.ceil(groups / chunk_rows)
+        gradients = 2 if "dbias" in call.tensors else 1
+        c_pad = math.ceil(C / 4) * 4
+        partials, chunk_sums = groups * gradients * c_pad * 4, chunks * gradients * c_pad * 4
+        streamed = _size(call, "dy", "xs", "mean", "rstd", "ds", "dx", "dx2")
+        # Streamed rows: the weight per row in the first pass and per group in the second; each
+        # row's two sums written and read back, its mean and rstd read again.
+        weights = (rows + groups) * C * es + rows * (16 + 8) if wide else G * C * es
+        reread = _size(call, "dy", "xs") if wide else 0
         main = Work(dram_bytes=streamed + _size(call, "weight") + partials,
-                    global_bytes=streamed + rows * C * es + partials,
-                    serial_round_trips=math.ceil(math.ceil(rows / step) / G))
+                    global_bytes=streamed + reread + weights + partials,
+                    serial_round_trips=math.ceil(groups / G) * (2 * group_rows if wide
+                                                                else math.ceil(group_rows / step)))
         out = _size(call, "dweight", "dbias")
-        if n == 3:
-            R = call.launches[1]["grid"][1]
-            sums = R * 2 * C * 4
-            return [main, Work(dram_bytes=partials + sums, global_bytes=partials + sums,
-                               serial_round_trips=_reduce_steps(call, math.ceil(G / R))),
-                    Work(dram_bytes=sums + out, global_bytes=sums + out, serial_round_trips=_reduce_steps(call, R))]
-        return [main, Work(dram_bytes=partials + out, global_bytes=partials + out,
-                           serial_round_trips=_reduce_steps(call, G))][:n]
+        reduce = Work(dram_bytes=partials + out, global_bytes=partials + 2 * chunk_sums + out,
+                      serial_round_trips=math.ceil(math.ceil(chunks * math.ceil(C / layernorm._REDUCE_BLOCK_C)
+                                                             / reduce_launch["grid"][0]))
+                      * _reduce_steps(call, chunk_rows) + _reduce_steps(call, chunks))
+        return [main, reduce]
     if call.name == "cuda_layer_norm_bwd":
         # Per row, twice: dy, xs and weight (the first pass for the row sums, the second for dx,
         # with ds); and a read-modify-write of the team's fp32 partial rows of dweight and dbias
-        # (the wide kernel of csrc/layernorm.cu, and Triton's). The reduce kernel sums those
-        # partials per column (_reduce_steps). Triton's programs (one team each) do the same;
-        # the partials torch.zeros clears first are not counted.
+        # (the wide kernel of csrc/layernorm.cu). The reduce kernel sums those partials per
+        # column; the partials torch.zeros clears first are not counted.
         rows, C = call.tensors["mean"][0][0], call.tensors["weight"][0][0]
         es = call.tensors["dy"][1]
-        teams = call.launches[0]["grid"][0] * call.launches[0]["block"][1]
-        # Triton's programs own a partial row each; the wide CUDA kernel's blocks one per row group.
-        partial_rows = teams if triton else math.ceil(rows / LN_GROUP_ROWS)
-        partials = partial_rows * 2 * C * 4
+        # The wide kernel's blocks write one partial row per row group.
+        partials = math.ceil(rows / LN_GROUP_ROWS) * 2 * C * 4
         per_row = C * es * (3 + 4 + (1 if "ds" in call.tensors else 0)) + 4 * C * 4 + 8
-        main = Work(dram_bytes=_size(call, "dy", "xs", "weight", "mean", "rstd", "ds", "dx") + partials,
+        main = Work(dram_bytes=_size(call, "dy", "xs", "weight", "mean", "rstd", "ds", "dx", "dx2") + partials,
                     global_bytes=rows * per_row + partials,
                     serial_round_trips=2 * _rows_per_team(call, call.launches[0]))
-        steps = (_reduce_steps(call, teams) if triton
-                 else LN_GROUP_ROWS // 8 + math.ceil(call.launches[-1]["grid"][1] / 8))
+        chunks = call.launches[-1]["grid"][1]
+        steps = _ln_reduce_round_trips(math.ceil(math.ceil(rows / LN_GROUP_ROWS) / chunks), chunks)
         reduce = Work(dram_bytes=partials + _size(call, "dweight", "dbias"),
                       global_bytes=partials + _size(call, "dweight", "dbias"), serial_round_trips=steps)
         return [main, reduce][:n]
@@ -673,7 +734,7 @@ def predict_bench(op: str, shape: dict, gpu: GPU, rows: dict) -> dict:
     """{"cuda": {mode: seconds}, "eager": {mode: seconds}} of one benchmark case on `gpu`, modes
     as the benchmarks name them (fwd, bwd, fwd+bwd)."""
     shapes = bench_shapes(op, shape)
-    calls = record_step(shapes, (BENCH_OPS[op],), sm_count=gpu.sms)
+    calls = record_step(shapes, (BENCH_OPS[op],), sm_count=gpu.sms, rows=rows, arch=gpu.arch)
     ops = predict_ops(calls, predict_launches(calls, rows, gpu, op), shapes, op, gpu)
     out = {"cuda": {}, "eager": {}}
     for o in ops:
@@ -770,10 +831,10 @@ def kernel_rows(backends=BACKENDS) -> dict:
     return rows
 
 
-def record_backend(shapes: Shapes, ops, backend: str, gpu: GPU) -> list[Call]:
+def record_backend(shapes: Shapes, ops, backend: str, gpu: GPU, rows: dict) -> list[Call]:
     """One layer's launches on `backend`, as `gpu` would get them."""
     if backend == "cuda":
-        return record_step(shapes, ops, sm_count=gpu.sms)
+        return record_step(shapes, ops, sm_count=gpu.sms, rows=rows, arch=gpu.arch)
     from tools.triton_launches import record_triton_step
     return record_triton_step(shapes, ops, cc=int(gpu.arch[3:5]), sm_count=gpu.sms)
 
@@ -790,11 +851,11 @@ def predict(models=("gpt2", "gpt2-medium"), gpus=DEFAULT_GPUS, ops=OPS, rows=Non
         model = MODELS[key]
         conflicts = record_banks(model.shapes, ops) if banks and "cuda" in backends else None
         for backend in backends:
-            recorded = {}  # launches differ only by SM count (CUDA) or arch and SM count (Triton)
+            recorded = {}  # launches differ only by arch (occupancy, capability) and SM count
             for gpu in gpus:
-                target = gpu.sms if backend == "cuda" else f"{gpu.arch}/{gpu.sms}"
+                target = f"{gpu.arch}/{gpu.sms}"
                 if target not in recorded:
-                    recorded[target] = calls = record_backend(model.shapes, ops, backend, gpu)
+                    recorded[target] = calls = record_backend(model.shapes, ops, backend, gpu, rows)
                     out["calls"] += [{"model": model.name, "backend": backend, "target": target, "op": c.op,
                                       "phase": c.phase, "call": c.name, "flops": sum(w.flops for w in work(c)),
                                       "bytes_moved": sum(w.global_bytes for w in work(c)),

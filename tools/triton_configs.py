@@ -125,12 +125,14 @@ def _probe_layernorm(module, dtype):
     M, N = 5, 37
     x, r, dy, ds = (torch.empty(M, N, dtype=dtype) for _ in range(4))
     w, b = torch.empty(N, dtype=dtype), torch.empty(N, dtype=dtype)
-    for residual in (None, r):
+    # float32 x also takes a 16-bit residual, whose gradient the backward writes as dx2.
+    narrower = (torch.float16, torch.bfloat16) if dtype == torch.float32 else ()
+    for residual in (None, r, *(torch.empty(M, N, dtype=d) for d in narrower)):
         for bias in (None, b):
             _, _, mean, rstd = module.layer_norm_fwd(x, residual, w, bias, 1e-5)
-    for grad_s in (None, ds):
+    for grad_s, dx2_dtype in ((None, None), (ds, None), *((ds, d) for d in narrower)):
         for has_bias in (False, True):
-            module.layer_norm_bwd(dy, x, w, has_bias, mean, rstd, grad_s)
+            module.layer_norm_bwd(dy, x, w, has_bias, mean, rstd, grad_s, dx2_dtype)
 
 
 def _probe_attention(module, dtype):

@@ -101,7 +101,7 @@ def _exercise(shapes: predict.Shapes, ops, phase) -> None:
         y, s, mean, rstd = layernorm_ops.layer_norm_fwd._init_fn(x, r, w, b, _EPS, "triton")
         phase("layernorm", "backward")
         xs, ds = (s, torch.empty_like(s)) if shapes.residual else (x, None)
-        layernorm_ops.layer_norm_bwd._init_fn(torch.empty_like(y), xs, w, mean, rstd, ds, True, "triton")
+        layernorm_ops.layer_norm_bwd._init_fn(torch.empty_like(y), xs, w, mean, rstd, ds, True, None, "triton")
     if "attention" in ops:
         q, k, v = (cuda(shapes.batch, H, shapes.seq, shapes.head_dim) for _ in range(3))
         scale, seed = 1.0 / math.sqrt(shapes.head_dim), attention_ops._seed_tensor(0)

@@ -702,6 +702,9 @@ struct Instruments {
   // Run only the first this many blocks of each launch (0: all): a sample of the CTAs of a
   // launch at a real shape, enough for the bank counter, in seconds instead of hours.
   unsigned sample_blocks = 0;
+  // Blocks per SM of each kernel (by its resource report's name, nk_cuda::...<...>) on the GPU
+  // the model predicts, from nvcc's register counts: what resident_blocks() answers.
+  std::map<std::string, int> resident;
   std::vector<LaunchRecord> launch_log;
   std::map<std::pair<std::string, std::string>, SharedRequests> shared;  // (kernel, instruction)
 };
@@ -1121,6 +1124,33 @@ inline std::string launch_problem(const void* kernel, const KernelInfo& info, di
            " a kernel needs cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) "
            "first (at most " + std::to_string(nk::kMaxSharedBytesPerBlock) + " on an A100)";
   return "";
+}
+
+// A harness kernel's name as the resource report (tools/kernels.py) names the nvcc build's:
+// nk_cuda:: for nk_cpu::, no `void`, no parameter list.
+inline std::string report_name(std::string name) {
+  if (name.rfind("void ", 0) == 0) name.erase(0, 5);
+  int depth = 0;
+  for (size_t i = name.size(); i-- > 0;) {
+    depth += name[i] == ')' ? 1 : name[i] == '(' ? -1 : 0;
+    if (depth == 0 && name[i] == '(') {
+      name.resize(i);
+      break;
+    }
+  }
+  for (size_t at = 0; (at = name.find("nk_cpu::", at)) != std::string::npos; at += 9) name.replace(at, 8, "nk_cuda::");
+  return name;
+}
+
+// What cudaOccupancyMaxActiveBlocksPerMultiprocessor would answer for `kernel`, which depends
+// on nvcc's register allocation: the model's figure for it (Instruments::resident), else
+// kDefaultResidentBlocks, a stand-in that makes persistent grids walk several rows per block.
+constexpr int kDefaultResidentBlocks = 2;
+inline int resident_blocks(const void* kernel) {
+  std::lock_guard<std::mutex> lock(launch_mutex());
+  const auto& resident = instruments().resident;
+  const auto it = resident.find(report_name(kernel_info(kernel).name));
+  return it == resident.end() ? kDefaultResidentBlocks : it->second;
 }
 
 // Runs kernel(args...) over the grid. Synchronous; errors are reported like CUDA's: through

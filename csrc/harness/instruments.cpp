@@ -12,7 +12,8 @@ int simulated_sm_count = 0;  // read by launchers on any host thread: set before
 
 int sm_count() { return simulated_sm_count; }
 
-void configure(bool launches, bool dry_run, bool banks, unsigned sample_blocks, int sm_count) {
+void configure(bool launches, bool dry_run, bool banks, unsigned sample_blocks, int sm_count,
+               const std::map<std::string, int>& resident) {
   std::lock_guard<std::mutex> lock(nk_harness::launch_mutex());
   nk_harness::Instruments& ins = nk_harness::instruments();
   ins.launches = launches;
@@ -20,6 +21,7 @@ void configure(bool launches, bool dry_run, bool banks, unsigned sample_blocks, 
   ins.banks = banks;
   ins.sample_blocks = sample_blocks;
   simulated_sm_count = sm_count;
+  ins.resident = resident;
   ins.launch_log.clear();
   ins.shared.clear();
 }

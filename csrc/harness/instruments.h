@@ -2,6 +2,7 @@
 // cannot include the harness header: its CUDA keyword macros would clash with torch's.
 #pragma once
 
+#include <map>
 #include <string>
 
 namespace nk_instruments {
@@ -9,8 +10,11 @@ namespace nk_instruments {
 // From now on: record each launch's configuration (launches), record it without running the
 // kernel (dry_run), count the bank conflicts of ldmatrix and cp.async (banks), run only the
 // first sample_blocks blocks of each launch (0: all), and have launchers that size their grid
-// by the GPU's SM count use sm_count (0: the CPU default). Clears what was recorded before.
-void configure(bool launches, bool dry_run, bool banks, unsigned sample_blocks, int sm_count);
+// by the GPU's SM count use sm_count (0: the CPU default) and, by the blocks an SM holds,
+// resident (kernel, by its resource report's name -> blocks per SM; others: the harness's
+// default). Clears what was recorded before.
+void configure(bool launches, bool dry_run, bool banks, unsigned sample_blocks, int sm_count,
+               const std::map<std::string, int>& resident);
 
 // The SM count configure() set, 0 if none.
 int sm_count();
