@@ -314,7 +314,7 @@ struct BwdArgs {
   const float* rstd;  // [rows]
   T* dx;              // [rows, cols] contiguous
   T2* dx2;            // [rows, cols] contiguous, unless T2 is void
-  float* partial;     // [blocks, 2, cols]: each block's sums of dy*xhat and of dy
+  float* partial;     // [groups, 2, cols]: each row group's sums of dy*xhat and of dy
   unsigned* counters; // [tiles]: stage 2's, zeroed here (stage 2 runs after this kernel)
   int tiles;
   int64_t rows;

@@ -57,13 +57,17 @@ _WIDE_NUM_WARPS = 16
 # against 50% when every row read them. A step keeps 4 rows of x and the residual (12 KB at
 # 768 columns in bf16) in flight.
 _FWD_PROGRAMS_PER_SM = 12
-# Backward programs per SM: each program's step loads 4 rows of dy and xs (12 KB at N = 768 in
-# bf16), and two such programs cover the ~13 KB (A100) to ~18 KB (H100) an SM must keep in flight.
-_BWD_PROGRAMS_PER_SM = 2
+# Backward programs per SM: whole waves wherever 1, 2 or 4 programs are resident (bf16 at 768
+# columns holds 2 on sm_80, 202 registers with 16-byte aligned rows; the report's unaligned
+# compiles hold 2 at 768 and 4 at 1024 on sm_90a, but 3 at 1024 on sm_80, whose second wave is
+# then a third full); each program's step loads 4 rows of dy and xs (12 KB at N = 768 in
+# bf16), over the ~13 KB (A100) to ~18 KB (H100) an SM must keep in flight. The partial rows
+# are per row group, not per program: more programs add only their weight loads (L2 hits).
+_BWD_PROGRAMS_PER_SM = 4
 # Rows per partial row: the partials add 2 x 2 x N x 4 bytes (written, read) per 16 rows to the
 # 4 x N x 2 bytes a row of the backward moves in 16-bit types, 12.5%; smaller groups would add
 # more, larger ones spread less evenly over the programs (nanoGPT's 12288 rows are 768 groups
-# for 216 or 264 programs).
+# for 432 or 528 programs).
 _GROUP_ROWS = 16
 # The interpreter runs programs one after another: a few, so that tests stay fast. Tests
 # patch _sm_count to run other grids.
