@@ -46,12 +46,20 @@ __device__ __forceinline__ float gelu(float x, nk::Gelu form) {
   return 0.5f * x * (1.0f + erff(x * kInvSqrt2));
 }
 
-__device__ __forceinline__ float gelu_grad(float x, nk::Gelu form) {
+// gelu(x) and its derivative from one erff (tanhf): nvcc does not merge two calls of either on
+// the same argument (each an inlined polynomial with an exp-based tail: the SASS holds both),
+// and gelu_grad's epilogue needs both. The bits of PyTorch's two formulas: (0.5 x)(1 + e) and
+// x (0.5 (1 + e)) round the same product, halving being exact above the subnormals.
+__device__ __forceinline__ void gelu_and_grad(float x, nk::Gelu form, float& y, float& dy) {
   if (form == nk::Gelu::tanh) {
     const float th = tanhf(kSqrt2OverPi * (x + kGeluCubic * x * x * x));
-    return 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * kSqrt2OverPi * (1.0f + 3.0f * kGeluCubic * x * x);
+    y = 0.5f * x * (1.0f + th);
+    dy = 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * kSqrt2OverPi * (1.0f + 3.0f * kGeluCubic * x * x);
+    return;
   }
-  return 0.5f * (1.0f + erff(x * kInvSqrt2)) + x * kInvSqrt2Pi * expf(-0.5f * x * x);
+  const float cdf = 0.5f * (1.0f + erff(x * kInvSqrt2));
+  y = x * cdf;
+  dy = cdf + x * kInvSqrt2Pi * expf(-0.5f * x * x);
 }
 
 __host__ __device__ __forceinline__ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -60,28 +68,41 @@ __device__ __forceinline__ bool writes_d2(const nk::GemmParams& p) {
   return p.epilogue == nk::Epilogue::bias_gelu || (p.epilogue == nk::Epilogue::gelu_grad && p.d2 != nullptr);
 }
 
-// D and D2 (as floats, before rounding to T) of output element (row, col) from its fp32
-// accumulator g. bias_gelu rounds D to T before the GELU, so that the forward's A and the
-// backward's recomputation (gelu_grad with AUX = the stored P) see the same P.
+// Whether the epilogue adds Bias[col]: the callers load it once per column (bias_of).
+__device__ __forceinline__ bool adds_bias(const nk::GemmParams& p) {
+  return p.bias != nullptr && (p.epilogue == nk::Epilogue::bias || p.epilogue == nk::Epilogue::bias_gelu);
+}
+
 template <typename T>
-__device__ __forceinline__ void epilogue_value(const nk::GemmParams& p, int64_t row, int64_t col, float g,
+__device__ __forceinline__ float bias_of(const nk::GemmParams& p, int64_t col) {
+  return adds_bias(p) ? to_float(static_cast<const T*>(p.bias)[col]) : 0.0f;
+}
+
+// D and D2 (as floats, before rounding to T) of output element (row, col) from its fp32
+// accumulator g and b = bias_of(p, col). bias_gelu rounds D to T before the GELU, so that the
+// forward's A and the backward's recomputation (gelu_grad with AUX = the stored P) see the
+// same P.
+template <typename T>
+__device__ __forceinline__ void epilogue_value(const nk::GemmParams& p, int64_t row, int64_t col, float g, float b,
                                                float& d, float& d2) {
-  const T* bias = static_cast<const T*>(p.bias);
+  // Without a bias, g as it is: g + 0 would turn -0 into +0.
+  const float biased = adds_bias(p) ? g + b : g;
   switch (p.epilogue) {
     case nk::Epilogue::none:
       d = g;
       break;
     case nk::Epilogue::bias:
-      d = bias ? g + to_float(bias[col]) : g;
+      d = biased;
       break;
     case nk::Epilogue::bias_gelu:
-      d = to_float(from_float<T>(bias ? g + to_float(bias[col]) : g));
+      d = to_float(from_float<T>(biased));
       d2 = gelu(d, p.gelu);
       break;
     case nk::Epilogue::gelu_grad: {
       const float x = to_float(static_cast<const T*>(p.aux)[row * p.ld_aux + col]);
-      d = g * gelu_grad(x, p.gelu);
-      d2 = gelu(x, p.gelu);
+      float dgelu;
+      gelu_and_grad(x, p.gelu, d2, dgelu);
+      d = g * dgelu;
       break;
     }
   }
@@ -300,6 +321,16 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) gemm_tc_kernel
   T* cs = as;
   const int g = lane / 4, t = lane % 4;
   const bool second = writes_d2(p);
+  // A thread's NI x 2 columns, their bias loaded once rather than for each of its 2 x MI rows
+  // (the stores to the shared tile in between would keep nvcc from reusing the loads).
+  float bias[Cfg::NI][2];
+#pragma unroll
+  for (int ni = 0; ni < Cfg::NI; ++ni)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int64_t col = n0 + wn + ni * 8 + 2 * t + e;
+      bias[ni][e] = col < p.n ? bias_of<T>(p, col) : 0.0f;
+    }
 #pragma unroll
   for (int mi = 0; mi < Cfg::MI; ++mi)
 #pragma unroll
@@ -309,9 +340,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) gemm_tc_kernel
         const int r = wm + mi * 16 + g + 8 * h, c = wn + ni * 8 + 2 * t;
         float d[2] = {0.0f, 0.0f}, d2[2] = {0.0f, 0.0f};
 #pragma unroll
-        for (int e = 0; e < 2; ++e)  // bias and AUX exist only inside the matrix
+        for (int e = 0; e < 2; ++e)  // AUX exists only inside the matrix
           if (m0 + r < p.m && n0 + c + e < p.n)
-            epilogue_value<T>(p, m0 + r, n0 + c + e, acc[mi][ni][2 * h + e], d[e], d2[e]);
+            epilogue_value<T>(p, m0 + r, n0 + c + e, acc[mi][ni][2 * h + e], bias[ni][e], d[e], d2[e]);
         *reinterpret_cast<uint32_t*>(cs + r * kCLd + c) = pack2<T>(d[0], d[1]);
         acc[mi][ni][2 * h] = d2[0];
         acc[mi][ni][2 * h + 1] = d2[1];
@@ -403,7 +434,7 @@ __global__ void __launch_bounds__(kF32Threads) gemm_f32_kernel(nk::GemmParams p)
       const int64_t row = m0 + ty + 16 * i, col = n0 + tx + 16 * j;
       if (row >= p.m || col >= p.n) continue;
       float v = 0.0f, v2 = 0.0f;
-      epilogue_value<float>(p, row, col, acc[i][j], v, v2);
+      epilogue_value<float>(p, row, col, acc[i][j], bias_of<float>(p, col), v, v2);
       d[row * p.ldd + col] = v;
       if (second) d2[row * p.ldd2 + col] = v2;
     }
