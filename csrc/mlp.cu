@@ -6,9 +6,12 @@
 // warp, so our tests execute this very code.
 //
 // fp16/bf16: a tensor-core GEMM, mma.sync m16n8k16 with fp32 accumulators. Global -> shared
-// with 16-byte cp.async in a 3-stage pipeline, shared -> registers with ldmatrix (.trans for
-// operands whose contiguous dimension is M or N instead of K), the epilogue on the
-// accumulators in registers, its results staged through shared memory into 16-byte stores.
+// with 16-byte cp.async in a 3-stage pipeline (each thread's source addresses worked out once
+// and advanced by a constant per k-tile; the one k-tile that crosses K, if any, is multiplied
+// first and loaded with bounds in the prologue, so the main loop has none), shared ->
+// registers with ldmatrix (.trans for operands whose contiguous dimension is M or N instead of
+// K), the epilogue on the accumulators in registers, its results staged through shared memory
+// into 16-byte stores.
 // Tiles: 128x128x32 over 8 warps (each warp 64x32) when that gives at least a wave of blocks,
 // else 64x64x32 over 4 warps (each 32x32).
 // Napkin math, GPT-2 small fc (M = 8192 tokens, K = 768, N = 3072): 38.7 GFLOP in 1536
@@ -18,6 +21,10 @@
 // reads (128 + 128) x 32 x 2 B = 16 KB of operands per 2 x 128 x 128 x 32 = 1 MFLOP.
 // Operands whose rows are not 16-byte aligned (C = 100 in fp16: 200-byte rows) cannot use
 // 16-byte cp.async; they take the same kernel with element-wise loads into the shared tiles.
+//
+// Split-K (split_of): GEMMs with a long K and few output tiles (the weight gradients, K =
+// tokens) cut K into chunks, one block per (tile, chunk); the tile's last block adds the
+// chunks' fp32 partials in chunk order and runs the epilogue.
 //
 // fp32: a SIMT tiled GEMM with the same epilogues, fp32 products and sums (no TF32).
 //
@@ -204,6 +211,61 @@ __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t ld, int64_t 
   }
 }
 
+// load_tile for the k-tiles that lie wholly inside K, with the addresses worked out once per
+// thread (load_tile spends ~30 instructions on each chunk's row, column, bounds and 64-bit
+// offset, every k-tile). A thread's chunks of a tile lie kRowStep rows apart in one column
+// (THREADS is a multiple of the chunks per row), so each keeps a source pointer, advanced by
+// one k-tile after each load, and a byte count that only the dimension k does not walk can
+// cut: per chunk and k-tile one cp.async and one 64-bit add. A chunk outside the matrix in
+// that dimension copies 0 bytes (zero-filling its 16) from a clamped address inside it, which
+// advances along k like the others. kKCols: k walks the tile's columns (the contiguous
+// dimension is K), else its rows.
+template <typename T, class Tile, int THREADS, bool kKCols>
+struct TileLoader {
+  static constexpr int kChunksPerRow = Tile::kCols / 8, kChunks = Tile::kRows * kChunksPerRow / THREADS;
+  static constexpr int kRowStep = THREADS / kChunksPerRow;
+  static_assert(THREADS % kChunksPerRow == 0 && kChunks * THREADS == Tile::kRows * kChunksPerRow,
+                "a thread's chunks share one column, kRowStep rows apart");
+  const T* src[kChunks];
+  int bytes[kChunks];
+  int smem;      // chunk 0's element offset in a stage's tile
+  int64_t step;  // elements from one k-tile to the next
+
+  // g and ld as for load_tile, at k-tile 0; the block's tile starts at row (kKCols) or column
+  // fixed0 of the nfixed rows or columns of M or N.
+  __device__ __forceinline__ TileLoader(const T* g, int64_t ld, int64_t fixed0, int64_t nfixed, int tid) {
+    const int r = tid / kChunksPerRow, c = (tid % kChunksPerRow) * 8;
+    smem = r * Tile::kLd + c;
+    step = kKCols ? (int64_t)Tile::kCols : Tile::kRows * ld;
+#pragma unroll
+    for (int i = 0; i < kChunks; ++i) {
+      int64_t row = r + i * kRowStep, col = c;
+      if constexpr (kKCols) {
+        row += fixed0;  // rows of M or N; the columns are k
+        bytes[i] = row < nfixed ? 16 : 0;
+        if (row >= nfixed) row = nfixed - 1;
+      } else {
+        col += fixed0;  // columns of M or N; the rows are k
+        const int64_t left = nfixed - col;
+        bytes[i] = left <= 0 ? 0 : (left < 8 ? (int)left : 8) * (int)sizeof(T);
+        if (left <= 0) col = 0;
+      }
+      src[i] = g + row * ld + col;
+    }
+  }
+
+  __device__ __forceinline__ void load(T* s) const {
+#pragma unroll
+    for (int i = 0; i < kChunks; ++i)
+      cp_async_cg_16_zfill(s + smem + i * kRowStep * Tile::kLd, src[i], bytes[i]);  // mutation: equivalent: drops only bytes past M or N, whose outputs are never stored (ASan sees the over-read at the matrix's end)
+  }
+
+  __device__ __forceinline__ void advance() {
+#pragma unroll
+    for (int i = 0; i < kChunks; ++i) src[i] += step;
+  }
+};
+
 // One stage's BK = 32 of k for this warp: ldmatrix the fragments of both k-steps of 16, then
 // MI x NI mma each.
 template <typename T, class Cfg, bool kAK, bool kBK>
@@ -249,31 +311,116 @@ __device__ __forceinline__ void mma_stage(const T* as, const T* bs, float (&acc)
   }
 }
 
-// D = epilogue(A B) for one BM x BN tile per block: blockIdx.x walks M, blockIdx.y walks N.
+// Split-K: K cut into `chunks` runs of chunk_k (a multiple of BK; the last may be shorter).
+// chunks == 1: the whole of K in one block per tile.
+struct SplitK {
+  int chunks;
+  int64_t chunk_k;
+};
+
+// Split-K's reduction, after a block's main loop over its chunk: the block stores its fp32
+// accumulators as partials[tile][chunk], each thread's as float4s at consecutive addresses
+// for consecutive threads (16-byte stores, coalesced, in the accumulators' own layout, which
+// every block of the launch shares). The tile's last block to finish then sums all chunks in
+// chunk order into acc, so the result never depends on which block finished when. Returns
+// whether this block is that last one (the others are done).
+template <class Cfg>
+__device__ __forceinline__ bool reduce_split_k(const nk::GemmParams& p, const SplitK& s, int64_t tile, int chunk,
+                                               float (&acc)[Cfg::MI][Cfg::NI][4], int tid) {
+  constexpr int64_t kTileFloats = (int64_t)Cfg::BM * Cfg::BN;
+  float* mine = p.partials + (tile * s.chunks + chunk) * kTileFloats;
+#pragma unroll
+  for (int mi = 0; mi < Cfg::MI; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < Cfg::NI; ++ni)
+      store_bits<uint4>(mine + ((mi * Cfg::NI + ni) * Cfg::kThreads + tid) * 4,
+                        make_uint4(__float_as_uint(acc[mi][ni][0]), __float_as_uint(acc[mi][ni][1]),
+                                   __float_as_uint(acc[mi][ni][2]), __float_as_uint(acc[mi][ni][3])));
+  // Every thread's partials are visible device-wide before the block counts itself in.
+  __threadfence();
+  __shared__ bool last;
+  __syncthreads();  // mutation: equivalent: the harness runs blocks one after another, so no other block reads this block's partials before it ends
+  if (tid == 0) last = atomicAdd(&p.counters[tile], 1u) == (unsigned)s.chunks - 1u;
+  __syncthreads();
+  if (!last) return false;
+  __threadfence();
+#pragma unroll
+  for (int mi = 0; mi < Cfg::MI; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < Cfg::NI; ++ni)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[mi][ni][i] = 0.0f;
+  for (int c = 0; c < s.chunks; ++c) {
+    const float* part = p.partials + (tile * s.chunks + c) * kTileFloats;
+#pragma unroll
+    for (int mi = 0; mi < Cfg::MI; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < Cfg::NI; ++ni) {
+        float v[4];
+        load_cg<4>(part + ((mi * Cfg::NI + ni) * Cfg::kThreads + tid) * 4, v);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[mi][ni][i] += v[i];
+      }
+  }
+  return true;
+}
+
+// D = epilogue(A B) for one BM x BN tile per block. Unsplit (s.chunks == 1): blockIdx.x walks
+// M, blockIdx.y walks N. Split: blockIdx.x walks the chunks of K, blockIdx.y M, blockIdx.z N,
+// so that a tile's chunks are launched together (blocks start in x-fastest order) and its
+// partials are read back from L2 moments after they were written.
 // kAK: A has K contiguous (else M); kBK: B has K contiguous (else N); kAsync: cp.async loads
 // (else element-wise ones, see load_tile). Dynamic shared memory: STAGES x (A tile + B tile).
 template <typename T, class Cfg, bool kAK, bool kBK, bool kAsync>
-__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) gemm_tc_kernel(nk::GemmParams p) {
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) gemm_tc_kernel(nk::GemmParams p, SplitK split) {
   using A = ATile<Cfg, kAK>;
   using B = BTile<Cfg, kBK>;
   NK_DYNAMIC_SHARED(unsigned char, smem);
   T* as = reinterpret_cast<T*>(smem);
   T* bs = as + Cfg::STAGES * A::kElems;
-  const T* a = static_cast<const T*>(p.a);
-  const T* b = static_cast<const T*>(p.b);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int64_t m0 = (int64_t)blockIdx.x * Cfg::BM, n0 = (int64_t)blockIdx.y * Cfg::BN;
+  const bool splits = split.chunks > 1;
+  const int chunk = splits ? (int)blockIdx.x : 0;
+  const int64_t mt = splits ? blockIdx.y : blockIdx.x, nt = splits ? blockIdx.z : blockIdx.y;
+  const int64_t m0 = mt * Cfg::BM, n0 = nt * Cfg::BN;
+  // This block's run of K, as operands that start at it and a K of its length: the main loop
+  // is the unsplit one (offsetting every k-tile instead costs issue slots in it).
+  const int64_t k_begin = chunk * split.chunk_k;
+  const int64_t k = p.k - k_begin < split.chunk_k ? p.k - k_begin : split.chunk_k;
+  const T* a = static_cast<const T*>(p.a) + k_begin * p.a_stride_k;
+  const T* b = static_cast<const T*>(p.b) + k_begin * p.b_stride_k;
 
-  auto load_stage = [&](int stage, int64_t k0) {
+  // The k-tiles in the order they are multiplied: the one that crosses K first (when K is not
+  // a multiple of BK), then the full ones from k = 0 on. So every load in the main loop is of a
+  // full tile, which the loaders copy with addresses worked out once (no bounds in the loop);
+  // the partial one goes through load_tile's element-wise bounds in the prologue. Every path
+  // (both tile sizes, element-wise loads) adds the k-tiles in this order: the same bits.
+  const int ktiles = (int)((k + Cfg::BK - 1) / Cfg::BK);
+  const bool ragged = k % Cfg::BK != 0;
+  const int64_t full0 = ragged ? Cfg::BK : 0;  // where the t-th tile starts: t * BK - full0
+  TileLoader<T, A, Cfg::kThreads, kAK> a_loader(a, kAK ? p.a_stride_m : p.a_stride_k, m0, p.m, tid);
+  TileLoader<T, B, Cfg::kThreads, kBK> b_loader(b, kBK ? p.b_stride_n : p.b_stride_k, n0, p.n, tid);
+  auto load_bounded = [&](int stage, int64_t k0) {
     if constexpr (kAK) {
-      load_tile<T, A, Cfg::kThreads, kAsync>(as + stage * A::kElems, a, p.a_stride_m, m0, p.m, k0, p.k, tid);
+      load_tile<T, A, Cfg::kThreads, kAsync>(as + stage * A::kElems, a, p.a_stride_m, m0, p.m, k0, k, tid);
     } else {
-      load_tile<T, A, Cfg::kThreads, kAsync>(as + stage * A::kElems, a, p.a_stride_k, k0, p.k, m0, p.m, tid);
+      load_tile<T, A, Cfg::kThreads, kAsync>(as + stage * A::kElems, a, p.a_stride_k, k0, k, m0, p.m, tid);
     }
     if constexpr (kBK) {
-      load_tile<T, B, Cfg::kThreads, kAsync>(bs + stage * B::kElems, b, p.b_stride_n, n0, p.n, k0, p.k, tid);
+      load_tile<T, B, Cfg::kThreads, kAsync>(bs + stage * B::kElems, b, p.b_stride_n, n0, p.n, k0, k, tid);
     } else {
-      load_tile<T, B, Cfg::kThreads, kAsync>(bs + stage * B::kElems, b, p.b_stride_k, k0, p.k, n0, p.n, tid);
+      load_tile<T, B, Cfg::kThreads, kAsync>(bs + stage * B::kElems, b, p.b_stride_k, k0, k, n0, p.n, tid);
+    }
+  };
+  // The t-th k-tile in that order, t > 0 or K a multiple of BK: a full one.
+  auto load_full = [&](int stage, int t) {
+    if constexpr (kAsync) {
+      a_loader.load(as + stage * A::kElems);
+      b_loader.load(bs + stage * B::kElems);
+      a_loader.advance();
+      b_loader.advance();
+    } else {
+      load_bounded(stage, (int64_t)t * Cfg::BK - full0);
     }
   };
 
@@ -289,10 +436,13 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) gemm_tc_kernel
   // Pipeline: STAGES - 1 k-tiles in flight while one is multiplied. Every step commits one
   // group (empty past the end), so "all but the newest STAGES - 2 groups have landed" always
   // means "k-tile kt has landed".
-  const int ktiles = (int)((p.k + Cfg::BK - 1) / Cfg::BK);
 #pragma unroll
   for (int s = 0; s < Cfg::STAGES - 1; ++s) {
-    if (s < ktiles) load_stage(s, (int64_t)s * Cfg::BK);
+    if (s == 0 && ragged) {
+      load_bounded(0, (int64_t)(ktiles - 1) * Cfg::BK);
+    } else if (s < ktiles) {
+      load_full(s, s);
+    }
     if constexpr (kAsync) cp_async_commit();
   }
   for (int kt = 0; kt < ktiles; ++kt) {
@@ -301,11 +451,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) gemm_tc_kernel
     // k-tile kt - 1, whose stage the load below overwrites.
     __syncthreads();
     const int next = kt + Cfg::STAGES - 1;
-    if (next < ktiles) load_stage(next % Cfg::STAGES, (int64_t)next * Cfg::BK);
+    if (next < ktiles) load_full(next % Cfg::STAGES, next);
     if constexpr (kAsync) cp_async_commit();
     const int s = kt % Cfg::STAGES;
     mma_stage<T, Cfg, kAK, kBK>(as + s * A::kElems, bs + s * B::kElems, acc, wm, wn, lane);
   }
+  if (splits && !reduce_split_k<Cfg>(p, split, nt * gridDim.y + mt, chunk, acc, tid)) return;
 
   // Epilogue. The math happens on the accumulators in registers; the results go out through
   // shared memory (the pipeline stages, free now) so that global stores are 16-byte chunks of
@@ -490,12 +641,37 @@ namespace {
 
 const char* status(cudaError_t err) { return err == cudaSuccess ? nullptr : cudaGetErrorString(err); }
 
-// 128x128 tiles once they make at least one block per SM of an H100 (132 SMs; an A100 has
-// 108), so no SM idles for the sake of reuse; below that, 64x64 tiles (4x the blocks).
-constexpr int64_t kLargeTileMinBlocks = 132;
+// Split-K. The weight gradients dy^T A and dP^T x sum over K = tokens into a C x 4C output:
+// GPT-2 small's 768 x 3072 is 144 tiles of 128x128, whatever K is, which fill 55% of an
+// H100's 264 resident blocks (2 per SM) and 67% of an A100's 216. Chunks of K of ~1536 make
+// 8 x 144 = 1152 blocks at 12288 tokens: whole waves but for 13% (H100) and 11% (A100) of the
+// last. The cost: per block one 64 KB fp32 tile written and, by the tile's last block, read
+// back (from L2, its chunks running side by side), against the 48 x 16 KB of operands its
+// main loop loads. The chunks depend on (m, n, k) alone, never on the SM count: another split
+// would add the fp32 sums in another order, and dW would differ in its last bits between
+// GPUs. Only outputs of fewer than kSplitMaxTiles 128x128 tiles split (forward and dx GEMMs
+// have thousands of tiles and a short K).
+constexpr int64_t kSplitChunkK = 1536;  // a multiple of every config's BK
+constexpr int64_t kSplitMaxChunks = 16;
+constexpr int64_t kSplitMaxTiles = 512;
 
+int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+SplitK split_of(int64_t m, int64_t n, int64_t k) {
+  // Split grids put the tiles on grid.y and grid.z, which hold at most kMaxGridYZ each.
+  if (k < 2 * kSplitChunkK || cdiv(m, 128) * cdiv(n, 128) >= kSplitMaxTiles || cdiv(m, 64) > kMaxGridYZ ||
+      cdiv(n, 64) > kMaxGridYZ)
+    return {1, k};
+  const int64_t want = cdiv(k, kSplitChunkK) < kSplitMaxChunks ? cdiv(k, kSplitChunkK) : kSplitMaxChunks;
+  const int64_t chunk_k = cdiv(cdiv(k, want), 64) * 64;
+  return {(int)cdiv(k, chunk_k), chunk_k};
+}
+
+// 128x128 tiles once they make at least one block per SM, so no SM idles for the sake of
+// reuse; below that, 64x64 tiles (4x the blocks). The tile size changes no result bit: each
+// output's sum runs over the same k in the same order in both.
 template <typename T, class Cfg, bool kAK, bool kBK, bool kAsync>
-const char* launch_tc(const nk::GemmParams& p, cudaStream_t stream) {
+const char* launch_tc(const nk::GemmParams& p, const SplitK& split, cudaStream_t stream) {
   constexpr size_t smem = sizeof(T) * Cfg::STAGES * (ATile<Cfg, kAK>::kElems + BTile<Cfg, kBK>::kElems);
   auto kernel = gemm_tc_kernel<T, Cfg, kAK, kBK, kAsync>;
   // Above 48 KB a kernel must opt in (the harness refuses the launch otherwise, as the GPU
@@ -504,16 +680,20 @@ const char* launch_tc(const nk::GemmParams& p, cudaStream_t stream) {
     if (const char* err = status(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)))
       return err;
   }
-  const dim3 grid((unsigned)((p.m + Cfg::BM - 1) / Cfg::BM), (unsigned)((p.n + Cfg::BN - 1) / Cfg::BN));
-  return status(launch_kernel(kernel, grid, dim3(Cfg::kThreads), smem, stream, p));
+  const unsigned mt = (unsigned)cdiv(p.m, Cfg::BM), nt = (unsigned)cdiv(p.n, Cfg::BN);
+  const dim3 grid = split.chunks > 1 ? dim3((unsigned)split.chunks, mt, nt) : dim3(mt, nt);
+  return status(launch_kernel(kernel, grid, dim3(Cfg::kThreads), smem, stream, p, split));
 }
 
 template <typename T, class Cfg, bool kAsync>
-const char* launch_tc_layout(const nk::GemmParams& p, bool a_kc, bool b_kc, cudaStream_t stream) {
+const char* launch_tc_layout(const nk::GemmParams& p, const SplitK& split, bool a_kc, bool b_kc,
+                             cudaStream_t stream) {
   if (a_kc) {
-    return b_kc ? launch_tc<T, Cfg, true, true, kAsync>(p, stream) : launch_tc<T, Cfg, true, false, kAsync>(p, stream);
+    return b_kc ? launch_tc<T, Cfg, true, true, kAsync>(p, split, stream)
+                : launch_tc<T, Cfg, true, false, kAsync>(p, split, stream);
   }
-  return b_kc ? launch_tc<T, Cfg, false, true, kAsync>(p, stream) : launch_tc<T, Cfg, false, false, kAsync>(p, stream);
+  return b_kc ? launch_tc<T, Cfg, false, true, kAsync>(p, split, stream)
+              : launch_tc<T, Cfg, false, false, kAsync>(p, split, stream);
 }
 
 template <typename T>
@@ -523,16 +703,18 @@ const char* gemm_tc(const nk::GemmParams& p, GemmPath path, cudaStream_t stream)
   // start must be 16-byte aligned.
   const bool async_ok = aligned16(p.a) && aligned16(p.b) && (a_kc ? p.a_stride_m : p.a_stride_k) % 8 == 0 &&
                         (b_kc ? p.b_stride_n : p.b_stride_k) % 8 == 0;
+  const SplitK split = split_of(p.m, p.n, p.k);
+  if (split.chunks > 1 && (p.partials == nullptr || p.counters == nullptr))
+    return "gemm: this shape splits K and needs partials and counters (gemm_partials_floats, gemm_counters)";
   if (path == GemmPath::automatic) {
-    const int64_t large_blocks =
-        ((p.m + LargeTile::BM - 1) / LargeTile::BM) * ((p.n + LargeTile::BN - 1) / LargeTile::BN);
+    const int64_t large_blocks = cdiv(p.m, LargeTile::BM) * cdiv(p.n, LargeTile::BN) * split.chunks;
     path = !async_ok ? GemmPath::unaligned
-                     : (large_blocks >= kLargeTileMinBlocks ? GemmPath::large_tile : GemmPath::small_tile);
+                     : (large_blocks >= p.sm_count ? GemmPath::large_tile : GemmPath::small_tile);
   }
-  if (path == GemmPath::unaligned) return launch_tc_layout<T, SmallTile, false>(p, a_kc, b_kc, stream);
+  if (path == GemmPath::unaligned) return launch_tc_layout<T, SmallTile, false>(p, split, a_kc, b_kc, stream);
   if (!async_ok) return "gemm: cp.async tiles need 16-byte aligned operands with leading dimensions a multiple of 8";
-  if (path == GemmPath::large_tile) return launch_tc_layout<T, LargeTile, true>(p, a_kc, b_kc, stream);
-  return launch_tc_layout<T, SmallTile, true>(p, a_kc, b_kc, stream);
+  if (path == GemmPath::large_tile) return launch_tc_layout<T, LargeTile, true>(p, split, a_kc, b_kc, stream);
+  return launch_tc_layout<T, SmallTile, true>(p, split, a_kc, b_kc, stream);
 }
 
 const char* gemm_f32(const nk::GemmParams& p, cudaStream_t stream) {
@@ -575,6 +757,7 @@ const char* gemm_on_path(const nk::GemmParams& p, void* stream, GemmPath path) {
   if (p.b_stride_k != 1 && p.b_stride_n != 1) return "gemm: B must have unit stride along K or N";
   if (p.epilogue == nk::Epilogue::bias_gelu && p.d2 == nullptr) return "gemm: bias_gelu needs d2";
   if (p.epilogue == nk::Epilogue::gelu_grad && p.aux == nullptr) return "gemm: gelu_grad needs aux";
+  if (p.sm_count < 1) return "gemm: sm_count must be at least 1";
   if (p.m == 0 || p.n == 0) return nullptr;
   // M walks grid.x, N grid.y; 64 rows or columns per block is the narrowest tile.
   if ((p.m + 63) / 64 > kMaxGridX) return "gemm: m too large for the grid";
@@ -589,6 +772,22 @@ const char* gemm_on_path(const nk::GemmParams& p, void* stream, GemmPath path) {
 }
 
 const char* gemm(const nk::GemmParams& p, void* stream) { return gemm_on_path(p, stream, GemmPath::automatic); }
+
+// fp32 GEMMs never split (gemm_f32_kernel is the exact path, not the fast one); the 16-bit
+// ones split by split_of, whichever tile they run on.
+int64_t gemm_split_chunks(int64_t m, int64_t n, int64_t k, nk::DType dtype) {
+  return dtype == nk::DType::f32 ? 1 : split_of(m, n, k).chunks;
+}
+
+// A 128x128 tile per (tile, chunk) covers the 64x64 tiles too: cdiv(m, 64) * 64 <= cdiv(m, 128) * 128.
+int64_t gemm_partials_floats(int64_t m, int64_t n, int64_t k, nk::DType dtype) {
+  const int64_t chunks = gemm_split_chunks(m, n, k, dtype);
+  return chunks > 1 ? chunks * cdiv(m, 128) * 128 * cdiv(n, 128) * 128 : 0;
+}
+
+int64_t gemm_counters(int64_t m, int64_t n, int64_t k, nk::DType dtype) {
+  return gemm_split_chunks(m, n, k, dtype) > 1 ? cdiv(m, 64) * cdiv(n, 64) : 0;
+}
 
 const char* column_sum(const void* x, int64_t ldx, int64_t rows, int64_t cols, void* out, float* workspace,
                        nk::DType dtype, void* stream) {

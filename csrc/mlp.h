@@ -49,6 +49,12 @@ struct GemmParams {
   Epilogue epilogue;
   Gelu gelu;
   DType dtype;             // of every matrix and vector above; accumulation is fp32 (not TF32)
+  int sm_count;            // SMs of the device: sizes the tiles, which never changes a result bit
+  // Split-K (gemm_split_chunks > 1: the weight gradients' long K = tokens): each chunk's fp32
+  // tile goes to `partials`, and the tile's last block to finish adds the chunks in chunk
+  // order. May be null when gemm_split_chunks is 1.
+  float* partials;         // [gemm_partials_floats(m, n, k, dtype)]
+  unsigned* counters;      // [gemm_counters(m, n, k, dtype)], zero at launch
 };
 
 }  // namespace nk
@@ -57,6 +63,11 @@ struct GemmParams {
   namespace ns {                                                                              \
   /* Each returns nullptr on success, else the CUDA error string of the failed launch. */    \
   const char* gemm(const nk::GemmParams& p, void* stream);                                    \
+  /* Split-K of gemm(): the number of K-chunks, a function of the shape and dtype alone (so  \
+     D has the same bits on every GPU), and the workspace the caller provides for it. */     \
+  int64_t gemm_split_chunks(int64_t m, int64_t n, int64_t k, nk::DType dtype);                \
+  int64_t gemm_partials_floats(int64_t m, int64_t n, int64_t k, nk::DType dtype);             \
+  int64_t gemm_counters(int64_t m, int64_t n, int64_t k, nk::DType dtype);                    \
   /* out[n] = sum over m of x[m, n] (rows ldx apart), in dtype, summed in fp32 in an order   \
      that depends only on (rows, cols): deterministic. workspace: the floats below. */       \
   const char* column_sum(const void* x, int64_t ldx, int64_t rows, int64_t cols, void* out,  \

@@ -75,8 +75,9 @@ void check_vector(const at::Tensor& t, const char* name, const at::Tensor& x, co
 
 struct Exec {
   void* stream = nullptr;
-  // On the CPU only the team count of the LayerNorm backward depends on it; the performance
-  // model's dry runs set the SM count of the GPU they predict (nk_instruments::sm_count).
+  // On the CPU only the LayerNorm backward's team count and the GEMM's tile size depend on it;
+  // the performance model's dry runs set the SM count of the GPU they predict
+  // (nk_instruments::sm_count).
   int sm_count = 4;
   bool cuda = false;
 };
@@ -420,11 +421,20 @@ void cuda_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& d, co
   }
   if (m == 0 || n == 0) return;
   NK_DEVICE_GUARD(a);
+  const Exec e = exec_for(a);
+  // Split-K's workspace (weight gradients only): the partials are written before they are
+  // read, the counters must start at zero.
+  at::Tensor partials, counters;
+  if (NK_DISPATCH(e, gemm_split_chunks, m, n, k, dtype) > 1) {
+    partials = at::empty({NK_DISPATCH(e, gemm_partials_floats, m, n, k, dtype)}, a.options().dtype(at::kFloat));
+    counters = at::zeros({NK_DISPATCH(e, gemm_counters, m, n, k, dtype)}, a.options().dtype(at::kInt));
+  }
   nk::GemmParams p{a.data_ptr(), a.stride(0), a.stride(1), b.data_ptr(), b.stride(0), b.stride(1),
                    d.data_ptr(), d.stride(0), d2 ? d2->data_ptr() : nullptr, d2 ? d2->stride(0) : 0,
                    bias ? bias->data_ptr() : nullptr, aux ? aux->data_ptr() : nullptr, aux ? aux->stride(0) : 0,
-                   m, n, k, ep, static_cast<nk::Gelu>(gelu), dtype};
-  const Exec e = exec_for(a);
+                   m, n, k, ep, static_cast<nk::Gelu>(gelu), dtype, e.sm_count,
+                   partials.defined() ? partials.data_ptr<float>() : nullptr,
+                   counters.defined() ? reinterpret_cast<unsigned*>(counters.data_ptr<int>()) : nullptr};
   check_launch(NK_DISPATCH(e, gemm, p, e.stream), "gemm");
 }
 

@@ -3,6 +3,8 @@ input, the custom ops, and the module.
 
 On this machine "triton" runs in Triton's interpreter and "cuda" runs our CUDA C++ source
 through the CPU harness; on a GPU machine the same tests also run on CUDA tensors."""
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -86,6 +88,57 @@ def test_gpt2_width_and_many_rows(device, backend, M, C, H, dtype):
     # GPT-2 small's MLP (C = 768, H = 3072) and M = 1024 rows. (M = 1024 at C = 768 costs
     # minutes in the CPU harness and interpreter: the GPU run covers it, via bench_mlp.)
     run_case(backend, M, C, H, dtype, device, "none", True)
+
+
+def test_cuda_weight_gradients_split_k_same_bits_for_every_sm_count():
+    """With 3100 tokens the weight-gradient GEMMs (K = tokens) split K into 3 chunks
+    (csrc/mlp.cu, split_of), whatever the SM count, and the tile's last block adds them in chunk
+    order. With 1 SM the harness runs them on 128x128 tiles, with 1000 on 64x64 ones: the same
+    bits, and right against float64 (the default 4 SMs)."""
+    from nanogpt_kernels import _C
+
+    x, w1, b1, w2, b2, dy = make_inputs(3100, 48, 200, torch.bfloat16, "cpu", seed=5)
+    fn = lambda x, w1, b1, w2, b2: nk.gelu_mlp(x, w1, b1, w2, b2, backend="cuda")  # noqa: E731
+    first = None
+    try:
+        # (chunks, M tiles, N tiles) of dW2 = dy^T A [48, 200] and dW1 = dP^T x [200, 48].
+        for sms, tile in ((1, 128), (1000, 64)):
+            _C.harness_instruments(launches=True, sm_count=sms)
+            out = forward_backward(fn, (x, w1, b1, w2, b2), dy)
+            grids = [launch["grid"] for launch in json.loads(_C.harness_records())["launches"]
+                     if "gemm_tc_kernel" in launch["kernel"]]
+            tiles_48, tiles_200 = 1, -(-200 // tile)
+            assert [3, tiles_48, tiles_200] in grids and [3, tiles_200, tiles_48] in grids, (sms, grids)
+            first = first or out
+            for name, a, b in zip(NAMES, first, out):
+                assert torch.equal(a, b), f"{name} with {sms} SMs differs from 1 SM's"
+    finally:
+        _C.harness_instruments()
+    check_against_reference(fn, (x, w1, b1, w2, b2), dy, "none")
+
+
+def test_cuda_split_k_grids_at_gpt2_small():
+    """GPT-2 small's weight gradients (768 x 3072 outputs, K = 12 x 1024 tokens) launch 8 K-chunks
+    per 128x128 tile on A100 and H100 alike: 1152 blocks, 89% and 87% of the last wave busy at 2
+    blocks per SM, where 144 unsplit tiles fill 67% and 55%. The forward's GEMMs do not split."""
+    from nanogpt_kernels import _C
+
+    M, C, H = 12 * 1024, 768, 3072
+    dy, act = torch.empty(M, C, dtype=torch.bfloat16), torch.empty(M, H, dtype=torch.bfloat16)
+    grids = {}
+    try:
+        for sms in (108, 132):
+            _C.harness_instruments(dry_run=True, sm_count=sms)
+            torch.ops.nanogpt_kernels.cuda_gemm(dy.t(), act, torch.empty(C, H, dtype=torch.bfloat16), None, None,
+                                                None, 0, 0)
+            torch.ops.nanogpt_kernels.cuda_gemm(act, torch.empty(C, H, dtype=torch.bfloat16).t(), dy, None, None,
+                                                None, 0, 0)
+            grids[sms] = [launch["grid"] for launch in json.loads(_C.harness_records())["launches"]]
+    finally:
+        _C.harness_instruments()
+    for sms, (dw, fwd) in grids.items():
+        assert list(dw) == [8, 6, 24], (sms, dw)
+        assert list(fwd) == [96, 6, 1], (sms, fwd)
 
 
 @pytest.mark.parametrize("backend", ["eager"] + KERNEL_BACKENDS)

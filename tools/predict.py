@@ -16,7 +16,8 @@ What a launch does (FLOPs, bytes) is launch arithmetic, from the tensors of the 
     layer_norm_bwd     every tensor once, plus per group of 16 rows two fp32 rows of partial
                        dweight/dbias, written by the row kernel and read by the reduce kernel
     gemm               2 M N K FLOPs; a, b, the outputs and the epilogue's operands once (tiles
-                       re-read by other CTAs come from L2: A and B of nanoGPT's GEMMs fit in it)
+                       re-read by other CTAs come from L2: A and B of nanoGPT's GEMMs fit in it);
+                       split over K: per chunk an fp32 M x N of partials written, read from L2
     column_sum         x once; per row slice (grid.y of the partial kernel) an fp32 row of partials
     attention fwd      2 products of the causal half, 4 B H T(T+1)/2 D FLOPs; q, k, v, o, lse once
                        (k and v re-read from L2 by later row blocks: one head's are 256 KB)
@@ -43,6 +44,7 @@ import argparse
 import contextlib
 import json
 import math
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -371,6 +373,16 @@ def _reduce_steps(call: Call, rows: int) -> int:
     return math.ceil(rows / block)
 
 
+def _split_k_chunks(launch: dict, M: int, N: int) -> int:
+    """K-chunks of a csrc/mlp.cu tensor-core GEMM launch: its blocks over its BM x BN tiles (1 for
+    the fp32 and Triton kernels, which do not split)."""
+    m = re.search(r"TileConfig<(\d+), (\d+),", launch["kernel"])
+    if not m:
+        return 1
+    tiles = math.ceil(M / int(m[1])) * math.ceil(N / int(m[2]))
+    return math.prod(launch["grid"]) // tiles
+
+
 def work(call: Call) -> list[Work]:
     """The Work of each launch of the call (the module docstring's launch arithmetic), for the
     CUDA kernels and for the Triton ones (tools/triton_launches.py names their calls alike)."""
@@ -490,7 +502,16 @@ def work(call: Call) -> list[Work]:
         return [main, reduce][:n]
     if call.name == "cuda_gemm":
         (M, K), (_, N) = call.tensors["a"][0], call.tensors["b"][0]
-        return [Work(flops=2.0 * M * N * K, dram_bytes=_all(call), global_bytes=_all(call))]
+        gemm = Work(flops=2.0 * M * N * K, dram_bytes=_all(call), global_bytes=_all(call))
+        partials = _split_k_chunks(call.launches[0], M, N) * M * N * 4
+        if partials > M * N * 4:
+            # csrc/mlp.cu's split-K: each (tile, chunk) block stores its fp32 tile, which the
+            # tile's last block reads back from L2 (a tile's chunks run side by side); L2 still
+            # writes the dirty lines to DRAM once. The last block's loop over the chunks is a
+            # tail after a main loop ~50x longer, left out of the round trips.
+            gemm.dram_bytes += partials
+            gemm.global_bytes += 2 * partials
+        return [gemm]
     if call.name == "cuda_column_sum":
         # The partial kernel sums a slice of rows per column (independent loads; CUDA: grid.y
         # slices, Triton: a 1-D grid of slices x the final kernel's column blocks); the final

@@ -88,6 +88,7 @@ nk::GemmParams gemm_params(int64_t m, int64_t n, nk::DType dtype) {
   p.n = n;
   p.k = 1;
   p.dtype = dtype;
+  p.sm_count = 1;
   return p;
 }
 

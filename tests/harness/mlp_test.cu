@@ -13,7 +13,8 @@
 //                                    "N passed, M failed"
 //        mlp_test quick [TEST...]    the named tests (default: all) on one case that runs 13
 //                                    k-tiles through the 3 stages and on the large-tile case,
-//                                    two epilogues, every layout: for scripts/sanitize's TSan run
+//                                    two epilogues, every layout, and split-K on 128x128 tiles
+//                                    in one layout: for scripts/sanitize's TSan run
 //        mlp_test time M K N [path]  time one fp16 x W^T GEMM with the bias_gelu epilogue;
 //                                    path: auto (default), large, small, unaligned
 
@@ -132,6 +133,8 @@ struct Stats {
 };
 Stats g_stats[3];
 bool g_quick = false;
+// The bytes of D and D2 (padding included) as the last check_gemm left them.
+std::vector<unsigned char> g_last_d, g_last_d2;
 
 const char* epilogue_name(nk::Epilogue e) {
   switch (e) {
@@ -158,6 +161,7 @@ struct Case {
   GemmPath path;
   int64_t offset;  // elements every pointer is shifted by (1: 2-byte aligned, element-wise loads)
   bool tanh;       // also run with the tanh GELU (the form only changes the epilogue's formula)
+  int sm_count = 132;  // the automatic path's tile choice (an H100's)
 };
 
 // The shapes every (dtype, layout, epilogue) runs, M in {1, 17, 200}, N and K in {48, 100,
@@ -195,17 +199,37 @@ bool check_gemm(bool a_kc, bool b_kc, nk::Epilogue ep, nk::Gelu form, const Case
   // Optional operands: bias of bias_gelu, d2 of gelu_grad; present on alternate cases.
   const bool use_bias = ep == nk::Epilogue::bias || (ep == nk::Epilogue::bias_gelu && with_optional);
   const bool use_d2 = ep == nk::Epilogue::bias_gelu || (ep == nk::Epilogue::gelu_grad && with_optional);
+  // Split-K's workspace: partials poisoned (each must be written before it is read), counters
+  // zero as the launcher requires.
+  const int64_t chunks = gemm_split_chunks(c.m, c.n, c.k, dt);
+  std::vector<float> partials((size_t)gemm_partials_floats(c.m, c.n, c.k, dt));
+  poison(partials);
+  std::vector<unsigned> counters((size_t)gemm_counters(c.m, c.n, c.k, dt), 0u);
   nk::GemmParams p{a.ptr(), a.stride_r(), a.stride_c(), b.ptr(), b.stride_r(), b.stride_c(), d.ptr(), d.ld,
                    use_d2 ? d2.ptr() : nullptr, d2.ld, use_bias ? bias.ptr() : nullptr,
-                   ep == nk::Epilogue::gelu_grad ? aux.ptr() : nullptr, aux.ld, c.m, c.n, c.k, ep, form, dt};
+                   ep == nk::Epilogue::gelu_grad ? aux.ptr() : nullptr, aux.ld, c.m, c.n, c.k, ep, form, dt,
+                   c.sm_count, partials.empty() ? nullptr : partials.data(), counters.empty() ? nullptr : counters.data()};
   char what[256];
-  std::snprintf(what, sizeof what, "%s A %s B %s %s/%s %ldx%ldx%ld %s%s path %s", dtype_name(dt),
+  std::snprintf(what, sizeof what, "%s A %s B %s %s/%s %ldx%ldx%ld %s%s path %s, %d SMs, %ld K-chunks", dtype_name(dt),
                 a_kc ? "[m][k]" : "[k][m]", b_kc ? "[n][k]" : "[k][n]", epilogue_name(ep),
                 form == nk::Gelu::erf ? "erf" : "tanh", (long)c.m, (long)c.n, (long)c.k, c.padded ? "padded" : "tight",
-                c.offset ? " offset" : "", path_name(c.path));
+                c.offset ? " offset" : "", path_name(c.path), c.sm_count, (long)chunks);
   const char* err = gemm_on_path(p, nullptr, c.path);
   CHECK(err == nullptr, "%s: %s", what, err);
   CHECK(padding_intact(d) && padding_intact(d2), "%s: wrote outside D or D2", what);
+  // Every block of a split tile counted itself in once: a tile's counter ends at `chunks`.
+  if (chunks > 1) {
+    long tiles = 0;
+    for (unsigned n : counters) {
+      CHECK(n == 0 || n == (unsigned)chunks, "%s: a tile counted %u of %ld chunks", what, n, (long)chunks);
+      tiles += n != 0;
+    }
+    CHECK(tiles > 0, "%s: no tile counted its chunks", what);
+  }
+  g_last_d.assign(reinterpret_cast<const unsigned char*>(d.buf.data()),
+                  reinterpret_cast<const unsigned char*>(d.buf.data() + d.buf.size()));
+  g_last_d2.assign(reinterpret_cast<const unsigned char*>(d2.buf.data()),
+                   reinterpret_cast<const unsigned char*>(d2.buf.data() + d2.buf.size()));
   digest(d.buf);
   digest(d2.buf);
   if (!use_d2)
@@ -289,6 +313,47 @@ bool test_gemm() {
   return true;
 }
 
+// Split-K on the GPU's tiles: the weight-gradient layout (A = dy^T, B = activations, both
+// [k][*]) and x W^T's, K = 3100 in 3 chunks of 1088, 1088 and 924 (a k-tail inside the last),
+// M and N with tails. The same inputs again on every other path and SM count give the same
+// bits: the tile size and the grid change which block adds what, never the order of the sums.
+template <typename T>
+bool test_split_k() {
+  constexpr nk::DType dt = dtype_of<T>();
+  const Case base = {100, 130, 3100, true, GemmPath::automatic, 0, false, 1};
+  CHECK(gemm_split_chunks(base.m, base.n, base.k, dt) == 3, "%s: %ld K-chunks, want 3", dtype_name(dt),
+        (long)gemm_split_chunks(base.m, base.n, base.k, dt));
+  CHECK(gemm_split_chunks(base.m, base.n, base.k, nk::DType::f32) == 1, "the fp32 GEMM splits");
+  // The epilogues run once, on the sum: bias (added once, not per chunk) and gelu_grad.
+  const nk::Epilogue ep = dt == nk::DType::f16 ? nk::Epilogue::bias : nk::Epilogue::gelu_grad;
+  for (bool kc : {false, true}) {
+    if (g_quick && kc) continue;
+    std::vector<Case> runs = {base};  // 1 SM: 128x128 tiles
+    if (!g_quick) {
+      Case c = base;
+      c.sm_count = 1000;  // 64x64 tiles
+      runs.push_back(c);
+      c.path = GemmPath::unaligned;  // element-wise loads into 64x64 tiles
+      runs.push_back(c);
+    }
+    std::vector<unsigned char> first_d, first_d2;
+    for (const Case& c : runs) {
+      std::mt19937 rng(4242);
+      if (!check_gemm<T>(kc, kc, ep, nk::Gelu::erf, c, true, rng)) return false;
+      if (first_d.empty()) {
+        first_d = g_last_d;
+        first_d2 = g_last_d2;
+      }
+      CHECK(g_last_d == first_d && g_last_d2 == first_d2, "%s split-K, path %s, %d SMs: other bits than path %s",
+            dtype_name(dt), path_name(c.path), c.sm_count, path_name(runs[0].path));
+    }
+  }
+  return true;
+}
+
+bool test_split_k_f16() { return test_split_k<__half>(); }
+bool test_split_k_bf16() { return test_split_k<__nv_bfloat16>(); }
+
 bool test_gemm_f16() { return test_gemm<__half>(); }
 bool test_gemm_bf16() { return test_gemm<__nv_bfloat16>(); }
 bool test_gemm_f32() { return test_gemm<float>(); }
@@ -297,7 +362,7 @@ bool test_gemm_f32() { return test_gemm<float>(); }
 bool test_gemm_arguments() {
   avec<__half> buf(64 * 64, from_float<__half>(1.0f));
   nk::GemmParams p{buf.data(), 64, 1, buf.data(), 1, 64, buf.data(), 64, nullptr, 64, nullptr, nullptr, 64,
-                   16, 16, 16, nk::Epilogue::none, nk::Gelu::erf, nk::DType::f16};
+                   16, 16, 16, nk::Epilogue::none, nk::Gelu::erf, nk::DType::f16, 132, nullptr, nullptr};
   nk::GemmParams q = p;
   q.a_stride_k = 2;
   CHECK(gemm(q, nullptr) != nullptr, "A with no unit stride accepted");
@@ -310,6 +375,12 @@ bool test_gemm_arguments() {
   q = p;
   q.epilogue = nk::Epilogue::gelu_grad;
   CHECK(gemm(q, nullptr) != nullptr, "gelu_grad without aux accepted");
+  q = p;
+  q.sm_count = 0;
+  CHECK(gemm(q, nullptr) != nullptr, "sm_count = 0 accepted");
+  q = p;
+  q.k = 4096;  // splits K
+  CHECK(gemm(q, nullptr) != nullptr, "split-K without partials and counters accepted");
   q = p;
   q.a = buf.data() + 1;
   CHECK(gemm_on_path(q, nullptr, GemmPath::large_tile) != nullptr, "cp.async tiles on a misaligned A accepted");
@@ -384,7 +455,13 @@ int time_gemm(int64_t m, int64_t k, int64_t n, GemmPath path) {
   fill(bias, rng, -1.0f, 1.0f);
   nk::GemmParams prm{x.ptr(), x.stride_r(), x.stride_c(), w.ptr(), w.stride_r(), w.stride_c(), p.data(), n,
                      act.data(), n, bias.ptr(), nullptr, 0, m, n, k, nk::Epilogue::bias_gelu, nk::Gelu::tanh,
-                     nk::DType::f16};
+                     nk::DType::f16, 132, nullptr, nullptr};
+  std::vector<float> partials((size_t)gemm_partials_floats(m, n, k, nk::DType::f16));
+  std::vector<unsigned> counters((size_t)gemm_counters(m, n, k, nk::DType::f16), 0u);
+  if (!partials.empty()) {
+    prm.partials = partials.data();
+    prm.counters = counters.data();
+  }
   const auto t0 = std::chrono::steady_clock::now();
   const char* err = gemm_on_path(prm, nullptr, path);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -414,7 +491,8 @@ int main(int argc, char** argv) {
     bool (*fn)();
   };
   const Test tests[] = {{"gemm_arguments", test_gemm_arguments}, {"column_sum", test_column_sum},
-                        {"gemm_f32", test_gemm_f32}, {"gemm_f16", test_gemm_f16}, {"gemm_bf16", test_gemm_bf16}};
+                        {"gemm_f32", test_gemm_f32}, {"gemm_f16", test_gemm_f16}, {"gemm_bf16", test_gemm_bf16},
+                        {"split_k_f16", test_split_k_f16}, {"split_k_bf16", test_split_k_bf16}};
   g_quick = argc > 1 && !std::strcmp(argv[1], "quick");
   auto chosen = [&](const char* name) {
     if (argc <= 2) return true;
