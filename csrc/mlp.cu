@@ -157,6 +157,12 @@ struct TileConfig {
   static constexpr int MI = WM / 16, NI = WN / 8;             // mma tiles per warp tile
   static_assert(WM % 16 == 0 && WN % 16 == 0, "B fragments are loaded two n8 tiles at a time");
 };
+// 8 warps of 64x64, 128 fp32 accumulators per thread (up to 255 registers: one block per SM),
+// 4 stages of 30 KB. A 64x64 warp tile reads 4 + 4 ldmatrix.x4 (4 KB) per 32 HMMA of a k-step,
+// 128 B of shared memory per HMMA plus the cp.async writes, where 64x32 reads 192 B: shared
+// memory bandwidth, not issue, bounds these main loops on H100 (128 B per clock per SM against
+// one HMMA per clock). For outputs that make at least a wave of them.
+using HugeTile = TileConfig<128, 256, 2, 4, 4, 1>;
 // 8 warps, 64 fp32 accumulators per thread; 61440 B of shared memory (3 stages of two
 // 128x40 bf16 tiles), so two blocks fit an SM on A100 (164 KB) and H100 (228 KB).
 using LargeTile = TileConfig<128, 128, 2, 4, 3, 2>;
@@ -214,22 +220,25 @@ __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t ld, int64_t 
 // load_tile for the k-tiles that lie wholly inside K, with the addresses worked out once per
 // thread (load_tile spends ~30 instructions on each chunk's row, column, bounds and 64-bit
 // offset, every k-tile). A thread's chunks of a tile lie kRowStep rows apart in one column
-// (THREADS is a multiple of the chunks per row), so each keeps a source pointer, advanced by
-// one k-tile after each load, and a byte count that only the dimension k does not walk can
-// cut: per chunk and k-tile one cp.async and one 64-bit add. A chunk outside the matrix in
-// that dimension copies 0 bytes (zero-filling its 16) from a clamped address inside it, which
-// advances along k like the others. kKCols: k walks the tile's columns (the contiguous
-// dimension is K), else its rows.
+// (THREADS is a multiple of the chunks per row); only the dimension k does not walk can cut a
+// chunk short. kKCols (K contiguous, k walks the columns): each chunk is a row of M or N of its
+// own, with its own pointer and byte count (16, or 0 past the matrix, zero-filling from a
+// clamped row inside it). Else (k walks the rows) the chunks share a column of M or N, so one
+// byte count, and they are kRowStep k-rows apart: one pointer and that stride, which costs the
+// same 64-bit adds per k-tile as a pointer per chunk in fewer registers (the 128x256 tiles
+// spilled with 4 pointers). Per chunk and k-tile: one cp.async and one 64-bit add.
 template <typename T, class Tile, int THREADS, bool kKCols>
 struct TileLoader {
   static constexpr int kChunksPerRow = Tile::kCols / 8, kChunks = Tile::kRows * kChunksPerRow / THREADS;
   static constexpr int kRowStep = THREADS / kChunksPerRow;
   static_assert(THREADS % kChunksPerRow == 0 && kChunks * THREADS == Tile::kRows * kChunksPerRow,
                 "a thread's chunks share one column, kRowStep rows apart");
-  const T* src[kChunks];
-  int bytes[kChunks];
-  int smem;      // chunk 0's element offset in a stage's tile
-  int64_t step;  // elements from one k-tile to the next
+  static constexpr int kPointers = kKCols ? kChunks : 1;
+  const T* src[kPointers];
+  int bytes[kPointers];
+  int smem;          // chunk 0's element offset in a stage's tile
+  int64_t step;      // elements from one k-tile to the next
+  int64_t row_step;  // elements from one chunk to the next (k walks the rows)
 
   // g and ld as for load_tile, at k-tile 0; the block's tile starts at row (kKCols) or column
   // fixed0 of the nfixed rows or columns of M or N.
@@ -237,32 +246,38 @@ struct TileLoader {
     const int r = tid / kChunksPerRow, c = (tid % kChunksPerRow) * 8;
     smem = r * Tile::kLd + c;
     step = kKCols ? (int64_t)Tile::kCols : Tile::kRows * ld;
+    row_step = kRowStep * ld;
+    if constexpr (kKCols) {
 #pragma unroll
-    for (int i = 0; i < kChunks; ++i) {
-      int64_t row = r + i * kRowStep, col = c;
-      if constexpr (kKCols) {
-        row += fixed0;  // rows of M or N; the columns are k
+      for (int i = 0; i < kChunks; ++i) {
+        int64_t row = fixed0 + r + i * kRowStep;  // a row of M or N
         bytes[i] = row < nfixed ? 16 : 0;
         if (row >= nfixed) row = nfixed - 1;
-      } else {
-        col += fixed0;  // columns of M or N; the rows are k
-        const int64_t left = nfixed - col;
-        bytes[i] = left <= 0 ? 0 : (left < 8 ? (int)left : 8) * (int)sizeof(T);
-        if (left <= 0) col = 0;
+        src[i] = g + row * ld + c;
       }
-      src[i] = g + row * ld + col;
+    } else {
+      int64_t col = fixed0 + c;  // a column of M or N
+      const int64_t left = nfixed - col;
+      bytes[0] = left <= 0 ? 0 : (left < 8 ? (int)left : 8) * (int)sizeof(T);
+      if (left <= 0) col = 0;
+      src[0] = g + (int64_t)r * ld + col;
     }
   }
 
   __device__ __forceinline__ void load(T* s) const {
+    const T* from = src[0];
 #pragma unroll
-    for (int i = 0; i < kChunks; ++i)
-      cp_async_cg_16_zfill(s + smem + i * kRowStep * Tile::kLd, src[i], bytes[i]);  // mutation: equivalent: drops only bytes past M or N, whose outputs are never stored (ASan sees the over-read at the matrix's end)
+    for (int i = 0; i < kChunks; ++i) {
+      if constexpr (kKCols) from = src[i];
+      const int n = bytes[kKCols ? i : 0];
+      cp_async_cg_16_zfill(s + smem + i * kRowStep * Tile::kLd, from, n);  // mutation: equivalent: drops only bytes past M or N, whose outputs are never stored (ASan sees the over-read at the matrix's end)
+      if constexpr (!kKCols) from += row_step;
+    }
   }
 
   __device__ __forceinline__ void advance() {
 #pragma unroll
-    for (int i = 0; i < kChunks; ++i) src[i] += step;
+    for (int i = 0; i < kPointers; ++i) src[i] += step;
   }
 };
 
@@ -635,7 +650,7 @@ __global__ void column_sum_final_kernel(const float* partial, int64_t chunks, in
 
 // Which kernel gemm() runs: `automatic` is gemm()'s own choice; tests force the others
 // (tests/harness/mlp_test.cu), since the automatic choice depends on the problem size.
-enum class GemmPath { automatic, large_tile, small_tile, unaligned };
+enum class GemmPath { automatic, huge_tile, large_tile, small_tile, unaligned };
 
 namespace {
 
@@ -707,12 +722,16 @@ const char* gemm_tc(const nk::GemmParams& p, GemmPath path, cudaStream_t stream)
   if (split.chunks > 1 && (p.partials == nullptr || p.counters == nullptr))
     return "gemm: this shape splits K and needs partials and counters (gemm_partials_floats, gemm_counters)";
   if (path == GemmPath::automatic) {
+    const int64_t huge_blocks = cdiv(p.m, HugeTile::BM) * cdiv(p.n, HugeTile::BN) * split.chunks;
     const int64_t large_blocks = cdiv(p.m, LargeTile::BM) * cdiv(p.n, LargeTile::BN) * split.chunks;
-    path = !async_ok ? GemmPath::unaligned
-                     : (large_blocks >= p.sm_count ? GemmPath::large_tile : GemmPath::small_tile);
+    path = !async_ok                    ? GemmPath::unaligned
+           : huge_blocks >= p.sm_count  ? GemmPath::huge_tile
+           : large_blocks >= p.sm_count ? GemmPath::large_tile
+                                        : GemmPath::small_tile;
   }
   if (path == GemmPath::unaligned) return launch_tc_layout<T, SmallTile, false>(p, split, a_kc, b_kc, stream);
   if (!async_ok) return "gemm: cp.async tiles need 16-byte aligned operands with leading dimensions a multiple of 8";
+  if (path == GemmPath::huge_tile) return launch_tc_layout<T, HugeTile, true>(p, split, a_kc, b_kc, stream);
   if (path == GemmPath::large_tile) return launch_tc_layout<T, LargeTile, true>(p, split, a_kc, b_kc, stream);
   return launch_tc_layout<T, SmallTile, true>(p, split, a_kc, b_kc, stream);
 }
@@ -779,10 +798,11 @@ int64_t gemm_split_chunks(int64_t m, int64_t n, int64_t k, nk::DType dtype) {
   return dtype == nk::DType::f32 ? 1 : split_of(m, n, k).chunks;
 }
 
-// A 128x128 tile per (tile, chunk) covers the 64x64 tiles too: cdiv(m, 64) * 64 <= cdiv(m, 128) * 128.
+// A 128x256 tile per (tile, chunk) covers the smaller tiles too (cdiv(n, 64) * 64 <= cdiv(n,
+// 256) * 256).
 int64_t gemm_partials_floats(int64_t m, int64_t n, int64_t k, nk::DType dtype) {
   const int64_t chunks = gemm_split_chunks(m, n, k, dtype);
-  return chunks > 1 ? chunks * cdiv(m, 128) * 128 * cdiv(n, 128) * 128 : 0;
+  return chunks > 1 ? chunks * cdiv(m, 128) * 128 * cdiv(n, 256) * 256 : 0;
 }
 
 int64_t gemm_counters(int64_t m, int64_t n, int64_t k, nk::DType dtype) {

@@ -93,8 +93,8 @@ def test_gpt2_width_and_many_rows(device, backend, M, C, H, dtype):
 def test_cuda_weight_gradients_split_k_same_bits_for_every_sm_count():
     """With 3100 tokens the weight-gradient GEMMs (K = tokens) split K into 3 chunks
     (csrc/mlp.cu, split_of), whatever the SM count, and the tile's last block adds them in chunk
-    order. With 1 SM the harness runs them on 128x128 tiles, with 1000 on 64x64 ones: the same
-    bits, and right against float64 (the default 4 SMs)."""
+    order. The SM count picks the tiles (1 SM: 128x256; 5: 128x128 for dW2, too narrow to fill 5
+    SMs with 128x256; 1000: 64x64): the same bits, and right against float64 (the default 4 SMs)."""
     from nanogpt_kernels import _C
 
     x, w1, b1, w2, b2, dy = make_inputs(3100, 48, 200, torch.bfloat16, "cpu", seed=5)
@@ -102,13 +102,12 @@ def test_cuda_weight_gradients_split_k_same_bits_for_every_sm_count():
     first = None
     try:
         # (chunks, M tiles, N tiles) of dW2 = dy^T A [48, 200] and dW1 = dP^T x [200, 48].
-        for sms, tile in ((1, 128), (1000, 64)):
+        for sms, dw2, dw1 in ((1, [3, 1, 1], [3, 2, 1]), (5, [3, 1, 2], [3, 2, 1]), (1000, [3, 1, 4], [3, 4, 1])):
             _C.harness_instruments(launches=True, sm_count=sms)
             out = forward_backward(fn, (x, w1, b1, w2, b2), dy)
             grids = [launch["grid"] for launch in json.loads(_C.harness_records())["launches"]
                      if "gemm_tc_kernel" in launch["kernel"]]
-            tiles_48, tiles_200 = 1, -(-200 // tile)
-            assert [3, tiles_48, tiles_200] in grids and [3, tiles_200, tiles_48] in grids, (sms, grids)
+            assert dw2 in grids and dw1 in grids, (sms, grids)
             first = first or out
             for name, a, b in zip(NAMES, first, out):
                 assert torch.equal(a, b), f"{name} with {sms} SMs differs from 1 SM's"
@@ -119,8 +118,8 @@ def test_cuda_weight_gradients_split_k_same_bits_for_every_sm_count():
 
 def test_cuda_split_k_grids_at_gpt2_small():
     """GPT-2 small's weight gradients (768 x 3072 outputs, K = 12 x 1024 tokens) launch 8 K-chunks
-    per 128x128 tile on A100 and H100 alike: 1152 blocks, 89% and 87% of the last wave busy at 2
-    blocks per SM, where 144 unsplit tiles fill 67% and 55%. The forward's GEMMs do not split."""
+    per 128x256 tile on A100 and H100 alike: 576 blocks, 89% and 87% of the last wave busy at 1
+    block per SM, where 72 unsplit tiles fill 67% and 55%. The forward's GEMMs do not split."""
     from nanogpt_kernels import _C
 
     M, C, H = 12 * 1024, 768, 3072
@@ -137,8 +136,8 @@ def test_cuda_split_k_grids_at_gpt2_small():
     finally:
         _C.harness_instruments()
     for sms, (dw, fwd) in grids.items():
-        assert list(dw) == [8, 6, 24], (sms, dw)
-        assert list(fwd) == [96, 6, 1], (sms, fwd)
+        assert list(dw) == [8, 6, 12], (sms, dw)
+        assert list(fwd) == [96, 3, 1], (sms, fwd)
 
 
 @pytest.mark.parametrize("backend", ["eager"] + KERNEL_BACKENDS)

@@ -1,8 +1,8 @@
 // The GEMM-with-epilogue and column-sum kernels of csrc/mlp.cu driven without torch on the
 // CPU harness: tests/test_mlp_harness.py builds this file with g++ (plain and under
 // AddressSanitizer) and runs it. Every epilogue x operand layout x dtype, on odd shapes, on
-// each kernel path (128x128 and 64x64 cp.async tiles, element-wise loads for unaligned rows,
-// the fp32 SIMT kernel), against a double-precision host reference.
+// each kernel path (128x256, 128x128 and 64x64 cp.async tiles, element-wise loads for
+// unaligned rows, the fp32 SIMT kernel, split-K), against a double-precision host reference.
 //
 // Matrices are allocated to end exactly at their last element (ASan flags one element of
 // overreach) and every element that is not part of the matrix (row padding, a leading offset)
@@ -13,10 +13,10 @@
 //                                    "N passed, M failed"
 //        mlp_test quick [TEST...]    the named tests (default: all) on one case that runs 13
 //                                    k-tiles through the 3 stages and on the large-tile case,
-//                                    two epilogues, every layout, and split-K on 128x128 tiles
+//                                    two epilogues, every layout, and split-K on 128x256 tiles
 //                                    in one layout: for scripts/sanitize's TSan run
 //        mlp_test time M K N [path]  time one fp16 x W^T GEMM with the bias_gelu epilogue;
-//                                    path: auto (default), large, small, unaligned
+//                                    path: auto (default), huge, large, small, unaligned
 
 #include <chrono>
 #include <cmath>
@@ -148,6 +148,7 @@ const char* epilogue_name(nk::Epilogue e) {
 const char* path_name(GemmPath p) {
   switch (p) {
     case GemmPath::automatic: return "auto";
+    case GemmPath::huge_tile: return "huge";
     case GemmPath::large_tile: return "large";
     case GemmPath::small_tile: return "small";
     case GemmPath::unaligned: return "unaligned";
@@ -173,12 +174,15 @@ const Case kCases[] = {
     {200, 48, 100, false, GemmPath::automatic, 0, false},  // K = 100: unaligned K-contiguous rows
     {200, 192, 100, false, GemmPath::automatic, 0, false}, // more blocks; unaligned K-contiguous rows
     {17, 192, 100, true, GemmPath::large_tile, 0, false},  // 128x128 tiles, tails in M, N and K
+    {17, 300, 100, true, GemmPath::huge_tile, 0, false},   // 128x256 tiles, tails in M, N and K
     {17, 99, 99, true, GemmPath::small_tile, 0, false},    // odd N and K: partial chunks, unpaired last column
     {17, 192, 48, true, GemmPath::automatic, 1, true},     // misaligned pointers: element-wise loads and stores
     {17, 48, 0, false, GemmPath::automatic, 0, true},      // K = 0: D = epilogue(0)
 };
-// Once per dtype and layout: several 128x128 blocks in both M and N, with tails, N = 400.
-const Case kLargeCase = {200, 400, 192, true, GemmPath::large_tile, 0, false};
+// Once per dtype and layout: several 128x128 and 128x256 blocks in both M and N, with tails
+// in M and N (400 = 256 + 144) and a ragged k-tile (K = 200 = 6 x 32 + 8).
+const Case kLargeCases[] = {{200, 400, 200, true, GemmPath::large_tile, 0, false},
+                            {200, 400, 200, true, GemmPath::huge_tile, 0, false}};
 
 // D = epilogue(A B) for one case, against the double reference.
 template <typename T>
@@ -309,7 +313,8 @@ bool test_gemm() {
         }
   for (bool a_kc : {true, false})
     for (bool b_kc : {true, false})
-      if (!check_gemm<T>(a_kc, b_kc, nk::Epilogue::gelu_grad, nk::Gelu::erf, kLargeCase, true, rng)) return false;
+      for (const Case& c : kLargeCases)
+        if (!check_gemm<T>(a_kc, b_kc, nk::Epilogue::gelu_grad, nk::Gelu::erf, c, true, rng)) return false;
   return true;
 }
 
@@ -328,9 +333,11 @@ bool test_split_k() {
   const nk::Epilogue ep = dt == nk::DType::f16 ? nk::Epilogue::bias : nk::Epilogue::gelu_grad;
   for (bool kc : {false, true}) {
     if (g_quick && kc) continue;
-    std::vector<Case> runs = {base};  // 1 SM: 128x128 tiles
+    std::vector<Case> runs = {base};  // 1 SM: 128x256 tiles
     if (!g_quick) {
       Case c = base;
+      c.sm_count = 4;  // 128x128 tiles (3 blocks of 128x256 would leave SMs idle)
+      runs.push_back(c);
       c.sm_count = 1000;  // 64x64 tiles
       runs.push_back(c);
       c.path = GemmPath::unaligned;  // element-wise loads into 64x64 tiles
@@ -481,7 +488,8 @@ int main(int argc, char** argv) {
     GemmPath path = GemmPath::automatic;
     if (argc > 5) {
       const std::string s = argv[5];
-      path = s == "large" ? GemmPath::large_tile : s == "small" ? GemmPath::small_tile
+      path = s == "huge" ? GemmPath::huge_tile : s == "large" ? GemmPath::large_tile
+           : s == "small" ? GemmPath::small_tile
            : s == "unaligned" ? GemmPath::unaligned : GemmPath::automatic;
     }
     return time_gemm(std::atoll(argv[2]), std::atoll(argv[3]), std::atoll(argv[4]), path);
