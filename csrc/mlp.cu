@@ -12,13 +12,14 @@
 // registers with ldmatrix (.trans for operands whose contiguous dimension is M or N instead of
 // K), the epilogue on the accumulators in registers, its results staged through shared memory
 // into 16-byte stores.
-// Tiles: 128x128x32 over 8 warps (each warp 64x32) when that gives at least a wave of blocks,
-// else 64x64x32 over 4 warps (each 32x32).
-// Napkin math, GPT-2 small fc (M = 8192 tokens, K = 768, N = 3072): 38.7 GFLOP in 1536
-// 128x128 tiles, ~6 waves over an H100's 132 SMs at 2 blocks each; at 300-400 TFLOP/s of
-// mma.sync that is 100-130 us, while its bytes (x 12.6 MB, W1 4.7 MB, P and A out 2 x 50 MB)
-// take ~35 us at 3.35 TB/s: compute bound, so the tiles are sized for reuse: a 128x128 tile
-// reads (128 + 128) x 32 x 2 B = 16 KB of operands per 2 x 128 x 128 x 32 = 1 MFLOP.
+// Tiles, the largest that still makes a wave of blocks: 128x256x32 over 8 warps of 64x64 (one
+// block per SM), 128x128x32 over 8 warps of 64x32 (two per SM), 64x64x32 over 4 warps of 32x32.
+// Napkin math, GPT-2 small fc (M = 8192 tokens, K = 768, N = 3072): 38.7 GFLOP in 768
+// 128x256 tiles, ~6 waves over an H100's 132 SMs; at 300-400 TFLOP/s of mma.sync that is
+// 100-130 us, while its bytes (x 12.6 MB, W1 4.7 MB, P and A out 2 x 50 MB) take ~35 us at
+// 3.35 TB/s: compute bound, so the tiles are sized for reuse: a 128x256 tile reads (128 +
+// 256) x 32 x 2 B = 24 KB of operands per 2 x 128 x 256 x 32 = 2 MFLOP, and its warps read
+// 128 B of shared memory per HMMA from ldmatrix (64x32 warp tiles: 192).
 // Operands whose rows are not 16-byte aligned (C = 100 in fp16: 200-byte rows) cannot use
 // 16-byte cp.async; they take the same kernel with element-wise loads into the shared tiles.
 //
@@ -147,7 +148,7 @@ __device__ __forceinline__ void store_tile(T* dst, int64_t ld, int64_t nrows, in
 // Block tile BM x BN, k in steps of BK = 32 (two mma k-steps per stage), WARPS_M x WARPS_N
 // warps each owning a (BM / WARPS_M) x (BN / WARPS_N) warp tile of m16n8 mma tiles, STAGES
 // shared-memory stages, MIN_BLOCKS resident blocks per SM asked of ptxas (it caps registers
-// at 65536 / (threads * MIN_BLOCKS): 128 for both configs below).
+// at 65536 / (threads * MIN_BLOCKS): 255 for HugeTile, 128 for the others).
 template <int BM_, int BN_, int WARPS_M_, int WARPS_N_, int STAGES_, int MIN_BLOCKS_>
 struct TileConfig {
   static constexpr int BM = BM_, BN = BN_, BK = 32, STAGES = STAGES_;
