@@ -334,6 +334,16 @@ struct SplitK {
   int64_t chunk_k;
 };
 
+template <class Cfg>
+__device__ __forceinline__ void zero_accumulators(float (&acc)[Cfg::MI][Cfg::NI][4]) {
+#pragma unroll
+  for (int mi = 0; mi < Cfg::MI; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < Cfg::NI; ++ni)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[mi][ni][i] = 0.0f;
+}
+
 // Split-K's reduction, after a block's main loop over its chunk: the block stores its fp32
 // accumulators as partials[tile][chunk], each thread's as float4s at consecutive addresses
 // for consecutive threads (16-byte stores, coalesced, in the accumulators' own layout, which
@@ -360,12 +370,7 @@ __device__ __forceinline__ bool reduce_split_k(const nk::GemmParams& p, const Sp
   __syncthreads();
   if (!last) return false;
   __threadfence();
-#pragma unroll
-  for (int mi = 0; mi < Cfg::MI; ++mi)
-#pragma unroll
-    for (int ni = 0; ni < Cfg::NI; ++ni)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[mi][ni][i] = 0.0f;
+  zero_accumulators<Cfg>(acc);
   for (int c = 0; c < s.chunks; ++c) {
     const float* part = p.partials + (tile * s.chunks + c) * kTileFloats;
 #pragma unroll
@@ -442,12 +447,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) gemm_tc_kernel
 
   const int wm = (warp / Cfg::WARPS_N) * Cfg::WM, wn = (warp % Cfg::WARPS_N) * Cfg::WN;
   float acc[Cfg::MI][Cfg::NI][4];
-#pragma unroll
-  for (int mi = 0; mi < Cfg::MI; ++mi)
-#pragma unroll
-    for (int ni = 0; ni < Cfg::NI; ++ni)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[mi][ni][i] = 0.0f;
+  zero_accumulators<Cfg>(acc);
 
   // Pipeline: STAGES - 1 k-tiles in flight while one is multiplied. Every step commits one
   // group (empty past the end), so "all but the newest STAGES - 2 groups have landed" always

@@ -313,8 +313,11 @@ bool test_gemm() {
         }
   for (bool a_kc : {true, false})
     for (bool b_kc : {true, false})
-      for (const Case& c : kLargeCases)
+      for (const Case& c : kLargeCases) {
+        // TSan's quick run: the 128x256 tiles in one layout (their barriers are the same in all).
+        if (g_quick && c.path == GemmPath::huge_tile && !(a_kc && b_kc)) continue;
         if (!check_gemm<T>(a_kc, b_kc, nk::Epilogue::gelu_grad, nk::Gelu::erf, c, true, rng)) return false;
+      }
   return true;
 }
 
