@@ -415,7 +415,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) gemm_tc_kernel
   // a multiple of BK), then the full ones from k = 0 on. So every load in the main loop is of a
   // full tile, which the loaders copy with addresses worked out once (no bounds in the loop);
   // the partial one goes through load_tile's element-wise bounds in the prologue. Every path
-  // (both tile sizes, element-wise loads) adds the k-tiles in this order: the same bits.
+  // (each tile size, element-wise loads) adds the k-tiles in this order: the same bits.
   const int ktiles = (int)((k + Cfg::BK - 1) / Cfg::BK);
   const bool ragged = k % Cfg::BK != 0;
   const int64_t full0 = ragged ? Cfg::BK : 0;  // where the t-th tile starts: t * BK - full0
@@ -658,11 +658,11 @@ namespace {
 const char* status(cudaError_t err) { return err == cudaSuccess ? nullptr : cudaGetErrorString(err); }
 
 // Split-K. The weight gradients dy^T A and dP^T x sum over K = tokens into a C x 4C output:
-// GPT-2 small's 768 x 3072 is 144 tiles of 128x128, whatever K is, which fill 55% of an
-// H100's 264 resident blocks (2 per SM) and 67% of an A100's 216. Chunks of K of ~1536 make
-// 8 x 144 = 1152 blocks at 12288 tokens: whole waves but for 13% (H100) and 11% (A100) of the
-// last. The cost: per block one 64 KB fp32 tile written and, by the tile's last block, read
-// back (from L2, its chunks running side by side), against the 48 x 16 KB of operands its
+// GPT-2 small's 768 x 3072 is 72 tiles of 128x256 (144 of 128x128 at 2 per SM), whatever K
+// is, which fill 55% of an H100's 132 SMs and 67% of an A100's 108. Chunks of K of ~1536 make
+// 8 x 72 = 576 blocks at 12288 tokens: whole waves but for 13% (H100) and 11% (A100) of the
+// last. The cost: per block one 128 KB fp32 tile written and, by the tile's last block, read
+// back (from L2, its chunks running side by side), against the 48 x 24 KB of operands its
 // main loop loads. The chunks depend on (m, n, k) alone, never on the SM count: another split
 // would add the fp32 sums in another order, and dW would differ in its last bits between
 // GPUs. Only outputs of fewer than kSplitMaxTiles 128x128 tiles split (forward and dx GEMMs
@@ -683,9 +683,9 @@ SplitK split_of(int64_t m, int64_t n, int64_t k) {
   return {(int)cdiv(k, chunk_k), chunk_k};
 }
 
-// 128x128 tiles once they make at least one block per SM, so no SM idles for the sake of
-// reuse; below that, 64x64 tiles (4x the blocks). The tile size changes no result bit: each
-// output's sum runs over the same k in the same order in both.
+// gemm_tc takes the largest tiles (128x256, 128x128, 64x64) that make at least one block per
+// SM, so no SM idles for the sake of reuse. The tile size changes no result bit: each output's
+// sum runs over the same k in the same order in all of them.
 template <typename T, class Cfg, bool kAK, bool kBK, bool kAsync>
 const char* launch_tc(const nk::GemmParams& p, const SplitK& split, cudaStream_t stream) {
   constexpr size_t smem = sizeof(T) * Cfg::STAGES * (ATile<Cfg, kAK>::kElems + BTile<Cfg, kBK>::kElems);

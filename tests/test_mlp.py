@@ -118,8 +118,8 @@ def test_cuda_weight_gradients_split_k_same_bits_for_every_sm_count():
 
 def test_cuda_split_k_grids_at_gpt2_small():
     """GPT-2 small's weight gradients (768 x 3072 outputs, K = 12 x 1024 tokens) launch 8 K-chunks
-    per 128x256 tile on A100 and H100 alike: 576 blocks, 89% and 87% of the last wave busy at 1
-    block per SM, where 72 unsplit tiles fill 67% and 55%. The forward's GEMMs do not split."""
+    per 128x256 tile on A100 and H100 alike: 576 blocks at 1 block per SM, 89% and 87% wave
+    efficiency, where 72 unsplit tiles give 67% and 55%. The forward's GEMMs do not split."""
     from nanogpt_kernels import _C
 
     M, C, H = 12 * 1024, 768, 3072

@@ -503,12 +503,12 @@ def work(call: Call) -> list[Work]:
     if call.name == "cuda_gemm":
         (M, K), (_, N) = call.tensors["a"][0], call.tensors["b"][0]
         gemm = Work(flops=2.0 * M * N * K, dram_bytes=_all(call), global_bytes=_all(call))
-        partials = _split_k_chunks(call.launches[0], M, N) * M * N * 4
+        partials = (_split_k_chunks(call.launches[0], M, N) if call.launches else 1) * M * N * 4
         if partials > M * N * 4:
             # csrc/mlp.cu's split-K: each (tile, chunk) block stores its fp32 tile, which the
             # tile's last block reads back from L2 (a tile's chunks run side by side); L2 still
             # writes the dirty lines to DRAM once. The last block's loop over the chunks is a
-            # tail after a main loop ~50x longer, left out of the round trips.
+            # tail after its main loop, left out of the round trips.
             gemm.dram_bytes += partials
             gemm.global_bytes += 2 * partials
         return [gemm]
