@@ -354,12 +354,14 @@ template <class Cfg>
 __device__ __forceinline__ bool reduce_split_k(const nk::GemmParams& p, const SplitK& s, int64_t tile, int chunk,
                                                float (&acc)[Cfg::MI][Cfg::NI][4], int tid) {
   constexpr int64_t kTileFloats = (int64_t)Cfg::BM * Cfg::BN;
+  // Where this thread's acc[mi][ni] lies in a chunk's partials, for the writer and the reader.
+  auto slot = [tid](int mi, int ni) { return ((mi * Cfg::NI + ni) * Cfg::kThreads + tid) * 4; };
   float* mine = p.partials + (tile * s.chunks + chunk) * kTileFloats;
 #pragma unroll
   for (int mi = 0; mi < Cfg::MI; ++mi)
 #pragma unroll
     for (int ni = 0; ni < Cfg::NI; ++ni)
-      store_bits<uint4>(mine + ((mi * Cfg::NI + ni) * Cfg::kThreads + tid) * 4,
+      store_bits<uint4>(mine + slot(mi, ni),
                         make_uint4(__float_as_uint(acc[mi][ni][0]), __float_as_uint(acc[mi][ni][1]),
                                    __float_as_uint(acc[mi][ni][2]), __float_as_uint(acc[mi][ni][3])));
   // Every thread's partials are visible device-wide before the block counts itself in.
@@ -378,7 +380,7 @@ __device__ __forceinline__ bool reduce_split_k(const nk::GemmParams& p, const Sp
 #pragma unroll
       for (int ni = 0; ni < Cfg::NI; ++ni) {
         float v[4];
-        load_cg<4>(part + ((mi * Cfg::NI + ni) * Cfg::kThreads + tid) * 4, v);
+        load_cg<4>(part + slot(mi, ni), v);
 #pragma unroll
         for (int i = 0; i < 4; ++i) acc[mi][ni][i] += v[i];
       }
@@ -674,9 +676,10 @@ constexpr int64_t kSplitMaxTiles = 512;
 int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 SplitK split_of(int64_t m, int64_t n, int64_t k) {
-  // Split grids put the tiles on grid.y and grid.z, which hold at most kMaxGridYZ each.
-  if (k < 2 * kSplitChunkK || cdiv(m, 128) * cdiv(n, 128) >= kSplitMaxTiles || cdiv(m, 64) > kMaxGridYZ ||
-      cdiv(n, 64) > kMaxGridYZ)
+  // Split grids put the tiles on grid.y and grid.z, which hold at most kMaxGridYZ each (of the
+  // narrowest tiles, SmallTile's).
+  if (k < 2 * kSplitChunkK || cdiv(m, LargeTile::BM) * cdiv(n, LargeTile::BN) >= kSplitMaxTiles ||
+      cdiv(m, SmallTile::BM) > kMaxGridYZ || cdiv(n, SmallTile::BN) > kMaxGridYZ)
     return {1, k};
   const int64_t want = cdiv(k, kSplitChunkK) < kSplitMaxChunks ? cdiv(k, kSplitChunkK) : kSplitMaxChunks;
   const int64_t chunk_k = cdiv(cdiv(k, want), 64) * 64;
@@ -799,15 +802,18 @@ int64_t gemm_split_chunks(int64_t m, int64_t n, int64_t k, nk::DType dtype) {
   return dtype == nk::DType::f32 ? 1 : split_of(m, n, k).chunks;
 }
 
-// A 128x256 tile per (tile, chunk) covers the smaller tiles too (cdiv(n, 64) * 64 <= cdiv(n,
-// 256) * 256).
+// A HugeTile per (tile, chunk) covers the smaller tiles too, whose sides divide its sides
+// (cdiv(n, 64) * 64 <= cdiv(n, 256) * 256); a counter per SmallTile covers the larger tiles.
+static_assert(HugeTile::BM % LargeTile::BM == 0 && HugeTile::BN % LargeTile::BN == 0 &&
+                  HugeTile::BM % SmallTile::BM == 0 && HugeTile::BN % SmallTile::BN == 0,
+              "the split-K workspace is sized by HugeTile and SmallTile");
 int64_t gemm_partials_floats(int64_t m, int64_t n, int64_t k, nk::DType dtype) {
   const int64_t chunks = gemm_split_chunks(m, n, k, dtype);
-  return chunks > 1 ? chunks * cdiv(m, 128) * 128 * cdiv(n, 256) * 256 : 0;
+  return chunks > 1 ? chunks * cdiv(m, HugeTile::BM) * HugeTile::BM * cdiv(n, HugeTile::BN) * HugeTile::BN : 0;
 }
 
 int64_t gemm_counters(int64_t m, int64_t n, int64_t k, nk::DType dtype) {
-  return gemm_split_chunks(m, n, k, dtype) > 1 ? cdiv(m, 64) * cdiv(n, 64) : 0;
+  return gemm_split_chunks(m, n, k, dtype) > 1 ? cdiv(m, SmallTile::BM) * cdiv(n, SmallTile::BN) : 0;
 }
 
 const char* column_sum(const void* x, int64_t ldx, int64_t rows, int64_t cols, void* out, float* workspace,
