@@ -12,8 +12,9 @@
 // registers with ldmatrix (.trans for operands whose contiguous dimension is M or N instead of
 // K), the epilogue on the accumulators in registers, its results staged through shared memory
 // into 16-byte stores.
-// Tiles, the largest that still makes a wave of blocks: 128x256x32 over 8 warps of 64x64 (one
-// block per SM), 128x128x32 over 8 warps of 64x32 (two per SM), 64x64x32 over 4 warps of 32x32.
+// Tiles, chosen per launch by the shared-memory bytes of its busiest SM (pick_tiles):
+// 128x256x32 over 8 warps of 64x64 (one block per SM), 192x128x32 over 8 warps of 48x64 (one
+// per SM), 128x128x32 over 8 warps of 64x32 (two per SM), 64x64x32 over 4 warps of 32x32.
 // Napkin math, GPT-2 small fc (M = 8192 tokens, K = 768, N = 3072): 38.7 GFLOP in 768
 // 128x256 tiles, ~6 waves over an H100's 132 SMs; at 300-400 TFLOP/s of mma.sync that is
 // 100-130 us, while its bytes (x 12.6 MB, W1 4.7 MB, P and A out 2 x 50 MB) take ~35 us at
@@ -143,6 +144,30 @@ __device__ __forceinline__ void store_tile(T* dst, int64_t ld, int64_t nrows, in
   }
 }
 
+// The fused column sum's first step (GemmParams::column_sums) over a ROWS x COLS tile of D as
+// stored, at d (rows ld apart, in shared or global memory), whose row 0 is row m0 of D, a
+// multiple of kGroupRows: per 64-row group and column, the group's rows summed in row order
+// into columns[group][col]. 64 divides every tile's BM, so each group is summed by one block, in
+// the same order, whichever tiles run. Consecutive threads take consecutive columns.
+constexpr int kGroupRows = 64;
+
+template <typename T, int ROWS, int COLS, int THREADS>
+__device__ __forceinline__ void sum_column_groups(const nk::GemmParams& p, const T* d, int64_t ld, int64_t m0,
+                                                  int64_t n0, int tid) {
+  static_assert(ROWS % kGroupRows == 0, "a tile holds whole groups");
+  for (int i = tid; i < ROWS / kGroupRows * COLS; i += THREADS) {
+    const int group = i / COLS, col = i % COLS;
+    const int64_t row0 = m0 + (int64_t)group * kGroupRows;
+    if (row0 >= p.m || n0 + col >= p.n) continue;
+    const int rows = p.m - row0 < kGroupRows ? (int)(p.m - row0) : kGroupRows;
+    const T* x = d + (int64_t)group * kGroupRows * ld + col;
+    // From the first row, not from 0.0f: 0 + (-0) would be +0.
+    float s = to_float(x[0]);
+    for (int r = 1; r < rows; ++r) s += to_float(x[r * ld]);
+    p.columns[row0 / kGroupRows * p.n + n0 + col] = s;
+  }
+}
+
 // ---- tensor-core GEMM (fp16, bf16) ----
 
 // Block tile BM x BN, k in steps of BK = 32 (two mma k-steps per stage), WARPS_M x WARPS_N
@@ -164,6 +189,11 @@ struct TileConfig {
 // memory bandwidth, not issue, bounds these main loops on H100 (128 B per clock per SM against
 // one HMMA per clock). For outputs that make at least a wave of them.
 using HugeTile = TileConfig<128, 256, 2, 4, 4, 1>;
+// 8 warps of 48x64, 96 accumulators per thread, one block per SM, 4 stages of up to 25 KB: 3/4
+// of HugeTile's area, for outputs whose count of 128x256 tiles ends a wave with SMs idle
+// (GPT-2 small's 12288 x 768 projection: 288 of them are 2.2 waves of 132 SMs, 384 of these
+// 2.9). Its warps read 149 B of shared memory per HMMA from ldmatrix (HugeTile: 128).
+using TallTile = TileConfig<192, 128, 4, 2, 4, 1>;
 // 8 warps, 64 fp32 accumulators per thread; 61440 B of shared memory (3 stages of two
 // 128x40 bf16 tiles), so two blocks fit an SM on A100 (164 KB) and H100 (228 KB).
 using LargeTile = TileConfig<128, 128, 2, 4, 3, 2>;
@@ -220,48 +250,56 @@ __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t ld, int64_t 
 
 // load_tile for the k-tiles that lie wholly inside K, with the addresses worked out once per
 // thread (load_tile spends ~30 instructions on each chunk's row, column, bounds and 64-bit
-// offset, every k-tile). A thread's chunks of a tile lie kRowStep rows apart in one column
-// (THREADS is a multiple of the chunks per row); only the dimension k does not walk can cut a
-// chunk short. kKCols (K contiguous, k walks the columns): each chunk is a row of M or N of its
-// own, with its own pointer and byte count (16, or 0 past the matrix, zero-filling from a
-// clamped row inside it). Else (k walks the rows) the chunks share a column of M or N, so one
-// byte count, and they are kRowStep k-rows apart: one pointer and that stride, which costs the
-// same 64-bit adds per k-tile as a pointer per chunk in fewer registers (the 128x256 tiles
-// spilled with 4 pointers). Per chunk and k-tile: one cp.async and one 64-bit add.
+// offset, every k-tile). Only the dimension k does not walk can cut a chunk short. kKCols (K
+// contiguous, k walks the columns): each chunk is a row of M or N of its own, with its own
+// pointer and byte count (16, or 0 past the matrix, zero-filling from a clamped row inside it).
+// Else k walks the rows, and when THREADS is a multiple of the chunks per row (kColumn) a
+// thread's chunks share a column of M or N, so one byte count, kRowStep k-rows apart: one
+// pointer and that stride, which costs the same 64-bit adds per k-tile as a pointer per chunk
+// in fewer registers (the 128x256 tiles spilled with 4 pointers). Rows of 24 chunks (TallTile's
+// [k][m] A, 192 wide) scatter a thread's chunks over columns: a pointer, byte count and shared
+// offset each. Per chunk and k-tile: one cp.async and one 64-bit add.
 template <typename T, class Tile, int THREADS, bool kKCols>
 struct TileLoader {
   static constexpr int kChunksPerRow = Tile::kCols / 8, kChunks = Tile::kRows * kChunksPerRow / THREADS;
+  static constexpr bool kColumn = THREADS % kChunksPerRow == 0;
   static constexpr int kRowStep = THREADS / kChunksPerRow;
-  static_assert(THREADS % kChunksPerRow == 0 && kChunks * THREADS == Tile::kRows * kChunksPerRow,
-                "a thread's chunks share one column, kRowStep rows apart");
-  static constexpr int kPointers = kKCols ? kChunks : 1;
+  static_assert(kChunks * THREADS == Tile::kRows * kChunksPerRow, "every thread copies the same number of chunks");
+  static_assert(kColumn || !kKCols, "K-contiguous tiles are BK = 32 wide: 4 chunks per row");
+  static constexpr int kPointers = kKCols || !kColumn ? kChunks : 1;
+  static constexpr int kOffsets = kColumn ? 1 : kChunks;
   const T* src[kPointers];
   int bytes[kPointers];
-  int smem;          // chunk 0's element offset in a stage's tile
-  int64_t step;      // elements from one k-tile to the next
-  int64_t row_step;  // elements from one chunk to the next (k walks the rows)
+  int smem[kOffsets];  // element offsets in a stage's tile: chunk 0's (kColumn), else each chunk's
+  int64_t step;        // elements from one k-tile to the next
+  int64_t row_step;    // elements from one chunk to the next (k walks the rows, kColumn)
 
   // g and ld as for load_tile, at k-tile 0; the block's tile starts at row (kKCols) or column
   // fixed0 of the nfixed rows or columns of M or N.
   __device__ __forceinline__ TileLoader(const T* g, int64_t ld, int64_t fixed0, int64_t nfixed, int tid) {
-    const int r = tid / kChunksPerRow, c = (tid % kChunksPerRow) * 8;
-    smem = r * Tile::kLd + c;
     step = kKCols ? (int64_t)Tile::kCols : Tile::kRows * ld;
     row_step = kRowStep * ld;
-    if constexpr (kKCols) {
+    // Chunk i is the thread's (tid + i THREADS)-th of the tile, row by row.
 #pragma unroll
-      for (int i = 0; i < kChunks; ++i) {
-        int64_t row = fixed0 + r + i * kRowStep;  // a row of M or N
+    for (int i = 0; i < kOffsets; ++i) {
+      const int idx = tid + i * THREADS;
+      smem[i] = idx / kChunksPerRow * Tile::kLd + idx % kChunksPerRow * 8;
+    }
+#pragma unroll
+    for (int i = 0; i < kPointers; ++i) {
+      const int idx = tid + i * THREADS, r = idx / kChunksPerRow, c = idx % kChunksPerRow * 8;
+      if constexpr (kKCols) {
+        int64_t row = fixed0 + r;  // a row of M or N
         bytes[i] = row < nfixed ? 16 : 0;
         if (row >= nfixed) row = nfixed - 1;
         src[i] = g + row * ld + c;
+      } else {
+        int64_t col = fixed0 + c;  // a column of M or N
+        const int64_t left = nfixed - col;
+        bytes[i] = left <= 0 ? 0 : (left < 8 ? (int)left : 8) * (int)sizeof(T);
+        if (left <= 0) col = 0;
+        src[i] = g + (int64_t)r * ld + col;
       }
-    } else {
-      int64_t col = fixed0 + c;  // a column of M or N
-      const int64_t left = nfixed - col;
-      bytes[0] = left <= 0 ? 0 : (left < 8 ? (int)left : 8) * (int)sizeof(T);
-      if (left <= 0) col = 0;
-      src[0] = g + (int64_t)r * ld + col;
     }
   }
 
@@ -269,10 +307,11 @@ struct TileLoader {
     const T* from = src[0];
 #pragma unroll
     for (int i = 0; i < kChunks; ++i) {
-      if constexpr (kKCols) from = src[i];
-      const int n = bytes[kKCols ? i : 0];
-      cp_async_cg_16_zfill(s + smem + i * kRowStep * Tile::kLd, from, n);  // mutation: equivalent: drops only bytes past M or N, whose outputs are never stored (ASan sees the over-read at the matrix's end)
-      if constexpr (!kKCols) from += row_step;
+      if constexpr (kPointers > 1) from = src[i];
+      const int n = bytes[kPointers > 1 ? i : 0];
+      const int at = kColumn ? smem[0] + i * kRowStep * Tile::kLd : smem[i];
+      cp_async_cg_16_zfill(s + at, from, n);  // mutation: equivalent: drops only bytes past M or N, whose outputs are never stored (ASan sees the over-read at the matrix's end)
+      if constexpr (kPointers == 1) from += row_step;
     }
   }
 
@@ -518,6 +557,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) gemm_tc_kernel
       }
   __syncthreads();
   const int64_t rows = p.m - m0, cols = p.n - n0;
+  // The tile as stored, in shared memory: its column sums cost no global reads (the separate
+  // column_sum pass re-read all of dP, 75 MB at GPT-2 small's 12288 tokens).
+  if (p.column_sums != nullptr) sum_column_groups<T, Cfg::BM, Cfg::BN, Cfg::kThreads>(p, cs, kCLd, m0, n0, tid);
   store_tile<T, Cfg::BM, Cfg::BN, Cfg::kThreads>(static_cast<T*>(p.d) + m0 * p.ldd + n0, p.ldd, rows, cols, cs,
                                                  kCLd, aligned16(p.d) && p.ldd % 8 == 0, tid);
   if (!second) return;
@@ -609,6 +651,16 @@ __global__ void __launch_bounds__(kF32Threads) gemm_f32_kernel(nk::GemmParams p)
     }
 }
 
+// The fused column sum's first step for the fp32 GEMM, which stores D straight from registers:
+// a pass over D, block (x, y) taking columns [256 x, 256 x + 256) of row group y.
+constexpr int kGroupCols = 256;
+
+__global__ void __launch_bounds__(kGroupCols) column_groups_f32_kernel(nk::GemmParams p) {
+  const int64_t m0 = (int64_t)blockIdx.y * kGroupRows, n0 = (int64_t)blockIdx.x * kGroupCols;
+  sum_column_groups<float, kGroupRows, kGroupCols, kGroupCols>(p, static_cast<const float*>(p.d) + m0 * p.ldd + n0,
+                                                               p.ldd, m0, n0, threadIdx.x);
+}
+
 // ---- column sum ----
 
 // Stage 1: block (x, y) sums rows [y * rows_per_chunk, (y + 1) * rows_per_chunk) of columns
@@ -653,7 +705,7 @@ __global__ void column_sum_final_kernel(const float* partial, int64_t chunks, in
 
 // Which kernel gemm() runs: `automatic` is gemm()'s own choice; tests force the others
 // (tests/harness/mlp_test.cu), since the automatic choice depends on the problem size.
-enum class GemmPath { automatic, huge_tile, large_tile, small_tile, unaligned };
+enum class GemmPath { automatic, huge_tile, tall_tile, large_tile, small_tile, unaligned };
 
 namespace {
 
@@ -686,9 +738,40 @@ SplitK split_of(int64_t m, int64_t n, int64_t k) {
   return {(int)cdiv(k, chunk_k), chunk_k};
 }
 
-// gemm_tc takes the largest tiles (128x256, 128x128, 64x64) that make at least one block per
-// SM, so no SM idles for the sake of reuse. The tile size changes no result bit: each output's
-// sum runs over the same k in the same order in all of them.
+// Shared-memory bytes a block moves per k-step of 16: its warps' ldmatrix reads (MI + NI / 2
+// x4 loads of 512 B each) and its cp.async writes ((BM + BN) x 16 elements of 2 B). Shared
+// memory bandwidth bounds these main loops (see HugeTile), so the SM given the most blocks
+// sets a launch's time: ceil(blocks / SMs) times this.
+template <class Cfg>
+constexpr int64_t smem_bytes_per_kstep() {
+  return (int64_t)Cfg::WARPS_M * Cfg::WARPS_N * (Cfg::MI + Cfg::NI / 2) * 512 + (int64_t)(Cfg::BM + Cfg::BN) * 16 * 2;
+}
+static_assert(smem_bytes_per_kstep<HugeTile>() == 45056 && smem_bytes_per_kstep<TallTile>() == 38912 &&
+                  smem_bytes_per_kstep<LargeTile>() == 32768 && smem_bytes_per_kstep<SmallTile>() == 12288,
+              "the costs the tile choice's comment works with");
+
+template <class Cfg>
+int64_t tile_cost(int64_t m, int64_t n, const SplitK& split, int sm_count) {
+  return cdiv(cdiv(m, Cfg::BM) * cdiv(n, Cfg::BN) * split.chunks, sm_count) * smem_bytes_per_kstep<Cfg>();
+}
+
+// gemm_tc's tiles: those of the least tile_cost, ties to the larger (fewer shared bytes per
+// HMMA). GPT-2 small on 132 SMs, 12288 tokens: the fc GEMM (N = 3072) takes 128x256 (9 waves
+// of 45056 B, 97% full); the projection (N = 768) 192x128 (3 x 38912 B, where 128x256 would
+// be 3 x 45056 with the last wave 18% full); a few hundred tokens, 64x64. The tile size changes
+// no result bit: each output's sum runs over the same k in the same order in all of them.
+GemmPath pick_tiles(int64_t m, int64_t n, const SplitK& split, int sm_count) {
+  GemmPath best = GemmPath::huge_tile;
+  int64_t least = tile_cost<HugeTile>(m, n, split, sm_count);
+  auto consider = [&](GemmPath path, int64_t cost) {
+    if (cost < least) best = path, least = cost;
+  };
+  consider(GemmPath::tall_tile, tile_cost<TallTile>(m, n, split, sm_count));
+  consider(GemmPath::large_tile, tile_cost<LargeTile>(m, n, split, sm_count));
+  consider(GemmPath::small_tile, tile_cost<SmallTile>(m, n, split, sm_count));
+  return best;
+}
+
 template <typename T, class Cfg, bool kAK, bool kBK, bool kAsync>
 const char* launch_tc(const nk::GemmParams& p, const SplitK& split, cudaStream_t stream) {
   constexpr size_t smem = sizeof(T) * Cfg::STAGES * (ATile<Cfg, kAK>::kElems + BTile<Cfg, kBK>::kElems);
@@ -725,17 +808,11 @@ const char* gemm_tc(const nk::GemmParams& p, GemmPath path, cudaStream_t stream)
   const SplitK split = split_of(p.m, p.n, p.k);
   if (split.chunks > 1 && (p.partials == nullptr || p.counters == nullptr))
     return "gemm: this shape splits K and needs partials and counters (gemm_partials_floats, gemm_counters)";
-  if (path == GemmPath::automatic) {
-    const int64_t huge_blocks = cdiv(p.m, HugeTile::BM) * cdiv(p.n, HugeTile::BN) * split.chunks;
-    const int64_t large_blocks = cdiv(p.m, LargeTile::BM) * cdiv(p.n, LargeTile::BN) * split.chunks;
-    path = !async_ok                    ? GemmPath::unaligned
-           : huge_blocks >= p.sm_count  ? GemmPath::huge_tile
-           : large_blocks >= p.sm_count ? GemmPath::large_tile
-                                        : GemmPath::small_tile;
-  }
+  if (path == GemmPath::automatic) path = async_ok ? pick_tiles(p.m, p.n, split, p.sm_count) : GemmPath::unaligned;
   if (path == GemmPath::unaligned) return launch_tc_layout<T, SmallTile, false>(p, split, a_kc, b_kc, stream);
   if (!async_ok) return "gemm: cp.async tiles need 16-byte aligned operands with leading dimensions a multiple of 8";
   if (path == GemmPath::huge_tile) return launch_tc_layout<T, HugeTile, true>(p, split, a_kc, b_kc, stream);
+  if (path == GemmPath::tall_tile) return launch_tc_layout<T, TallTile, true>(p, split, a_kc, b_kc, stream);
   if (path == GemmPath::large_tile) return launch_tc_layout<T, LargeTile, true>(p, split, a_kc, b_kc, stream);
   return launch_tc_layout<T, SmallTile, true>(p, split, a_kc, b_kc, stream);
 }
@@ -755,21 +832,21 @@ int64_t sum_chunks(int64_t rows) {
   return chunks < kSumMaxChunks ? chunks : kSumMaxChunks;
 }
 
-template <typename T>
+template <typename TIn, typename TOut>
 const char* column_sum_typed(const void* x, int64_t ldx, int64_t rows, int64_t cols, void* out, float* workspace,
                              cudaStream_t stream) {
   const int64_t chunks = sum_chunks(rows);
   if (chunks > 0) {
     const int64_t rows_per_chunk = (rows + chunks - 1) / chunks;
     const dim3 grid((unsigned)((cols + kSumCols - 1) / kSumCols), (unsigned)chunks);
-    if (const char* err = status(launch_kernel(column_sum_partial_kernel<T>, grid, dim3(kSumCols, kSumRowThreads), 0,
-                                               stream, static_cast<const T*>(x), ldx, rows, cols, rows_per_chunk,
+    if (const char* err = status(launch_kernel(column_sum_partial_kernel<TIn>, grid, dim3(kSumCols, kSumRowThreads),
+                                               0, stream, static_cast<const TIn*>(x), ldx, rows, cols, rows_per_chunk,
                                                workspace)))
       return err;
   }
   const int threads = 256;
-  return status(launch_kernel(column_sum_final_kernel<T>, dim3((unsigned)((cols + threads - 1) / threads)),
-                              dim3(threads), 0, stream, (const float*)workspace, chunks, cols, static_cast<T*>(out)));
+  return status(launch_kernel(column_sum_final_kernel<TOut>, dim3((unsigned)((cols + threads - 1) / threads)),
+                              dim3(threads), 0, stream, (const float*)workspace, chunks, cols, static_cast<TOut*>(out)));
 }
 
 }  // namespace
@@ -781,15 +858,38 @@ const char* gemm_on_path(const nk::GemmParams& p, void* stream, GemmPath path) {
   if (p.epilogue == nk::Epilogue::bias_gelu && p.d2 == nullptr) return "gemm: bias_gelu needs d2";
   if (p.epilogue == nk::Epilogue::gelu_grad && p.aux == nullptr) return "gemm: gelu_grad needs aux";
   if (p.sm_count < 1) return "gemm: sm_count must be at least 1";
-  if (p.m == 0 || p.n == 0) return nullptr;
-  // M walks grid.x, N grid.y; 64 rows or columns per block is the narrowest tile.
-  if ((p.m + 63) / 64 > kMaxGridX) return "gemm: m too large for the grid";
+  if (p.column_sums != nullptr && p.columns == nullptr) return "gemm: column_sums needs columns (gemm_column_floats)";
+  if (p.n == 0) return nullptr;
+  // M walks grid.x, N grid.y; 64 rows or columns per block is the narrowest tile (and the row
+  // groups of the fp32 kernel's column sums walk grid.y).
+  if ((p.m + 63) / 64 > kMaxGridX || (p.m + kGroupRows - 1) / kGroupRows > kMaxGridYZ)
+    return "gemm: m too large for the grid";
   if ((p.n + 63) / 64 > kMaxGridYZ) return "gemm: n too large for the grid";
   auto s = static_cast<cudaStream_t>(stream);
+  if (p.m > 0) {
+    const char* err = "gemm: unknown dtype";
+    switch (p.dtype) {
+      case nk::DType::f32:
+        err = gemm_f32(p, s);
+        if (err == nullptr && p.column_sums != nullptr)
+          err = status(launch_kernel(column_groups_f32_kernel,
+                                     dim3((unsigned)cdiv(p.n, kGroupCols), (unsigned)cdiv(p.m, kGroupRows)),
+                                     dim3(kGroupCols), 0, s, p));
+        break;
+      case nk::DType::f16: err = gemm_tc<__half>(p, path, s); break;
+      case nk::DType::bf16: err = gemm_tc<__nv_bfloat16>(p, path, s); break;
+    }
+    if (err != nullptr) return err;
+  }
+  if (p.column_sums == nullptr) return nullptr;
+  // The groups' sums (none when M = 0: the sums are zeros), added as column_sum adds rows.
+  const int64_t groups = cdiv(p.m, kGroupRows);
+  float* rest = p.columns + groups * p.n;
   switch (p.dtype) {
-    case nk::DType::f32: return gemm_f32(p, s);
-    case nk::DType::f16: return gemm_tc<__half>(p, path, s);
-    case nk::DType::bf16: return gemm_tc<__nv_bfloat16>(p, path, s);
+    case nk::DType::f32: return column_sum_typed<float, float>(p.columns, p.n, groups, p.n, p.column_sums, rest, s);
+    case nk::DType::f16: return column_sum_typed<float, __half>(p.columns, p.n, groups, p.n, p.column_sums, rest, s);
+    case nk::DType::bf16:
+      return column_sum_typed<float, __nv_bfloat16>(p.columns, p.n, groups, p.n, p.column_sums, rest, s);
   }
   return "gemm: unknown dtype";
 }
@@ -802,14 +902,27 @@ int64_t gemm_split_chunks(int64_t m, int64_t n, int64_t k, nk::DType dtype) {
   return dtype == nk::DType::f32 ? 1 : split_of(m, n, k).chunks;
 }
 
-// A HugeTile per (tile, chunk) covers the smaller tiles too, whose sides divide its sides
-// (cdiv(n, 64) * 64 <= cdiv(n, 256) * 256); a counter per SmallTile covers the larger tiles.
-static_assert(HugeTile::BM % LargeTile::BM == 0 && HugeTile::BN % LargeTile::BN == 0 &&
-                  HugeTile::BM % SmallTile::BM == 0 && HugeTile::BN % SmallTile::BN == 0,
-              "the split-K workspace is sized by HugeTile and SmallTile");
+// A (tile, chunk) of partials per block, for whichever tiles the launch takes; a counter per
+// SmallTile covers the larger tiles (each of their sides a multiple of 64).
+template <class Cfg>
+int64_t padded_floats(int64_t m, int64_t n) {
+  static_assert(Cfg::BM % SmallTile::BM == 0 && Cfg::BN % SmallTile::BN == 0, "counters are sized by SmallTile");
+  return cdiv(m, Cfg::BM) * Cfg::BM * cdiv(n, Cfg::BN) * Cfg::BN;
+}
+
 int64_t gemm_partials_floats(int64_t m, int64_t n, int64_t k, nk::DType dtype) {
   const int64_t chunks = gemm_split_chunks(m, n, k, dtype);
-  return chunks > 1 ? chunks * cdiv(m, HugeTile::BM) * HugeTile::BM * cdiv(n, HugeTile::BN) * HugeTile::BN : 0;
+  if (chunks == 1) return 0;
+  const int64_t floats[] = {padded_floats<HugeTile>(m, n), padded_floats<TallTile>(m, n),
+                            padded_floats<LargeTile>(m, n), padded_floats<SmallTile>(m, n)};
+  int64_t most = 0;
+  for (int64_t f : floats) most = f > most ? f : most;
+  return chunks * most;
+}
+
+int64_t gemm_column_floats(int64_t m, int64_t n) {
+  const int64_t groups = cdiv(m, kGroupRows);
+  return groups * n + column_sum_workspace_floats(groups, n);
 }
 
 int64_t gemm_counters(int64_t m, int64_t n, int64_t k, nk::DType dtype) {
@@ -824,9 +937,9 @@ const char* column_sum(const void* x, int64_t ldx, int64_t rows, int64_t cols, v
   if ((cols + kSumCols - 1) / kSumCols > kMaxGridX) return "column_sum: cols too large for the grid";
   auto s = static_cast<cudaStream_t>(stream);
   switch (dtype) {
-    case nk::DType::f32: return column_sum_typed<float>(x, ldx, rows, cols, out, workspace, s);
-    case nk::DType::f16: return column_sum_typed<__half>(x, ldx, rows, cols, out, workspace, s);
-    case nk::DType::bf16: return column_sum_typed<__nv_bfloat16>(x, ldx, rows, cols, out, workspace, s);
+    case nk::DType::f32: return column_sum_typed<float, float>(x, ldx, rows, cols, out, workspace, s);
+    case nk::DType::f16: return column_sum_typed<__half, __half>(x, ldx, rows, cols, out, workspace, s);
+    case nk::DType::bf16: return column_sum_typed<__nv_bfloat16, __nv_bfloat16>(x, ldx, rows, cols, out, workspace, s);
   }
   return "column_sum: unknown dtype";
 }

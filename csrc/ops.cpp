@@ -390,7 +390,7 @@ void check_matrix(const at::Tensor& t, const char* name, const at::Tensor& like,
 
 void cuda_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& d, const std::optional<at::Tensor>& d2,
                const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& aux, int64_t epilogue,
-               int64_t gelu) {
+               int64_t gelu, const std::optional<at::Tensor>& column_sums) {
   const nk::DType dtype = dtype_of(a, "a");
   TORCH_CHECK(a.dim() == 2 && b.dim() == 2, "a and b must be 2-D, got shapes ", a.sizes(), " and ", b.sizes());
   const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
@@ -419,7 +419,16 @@ void cuda_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& d, co
     check_matrix(*aux, "aux", a, "a", m, n);
     TORCH_CHECK(n <= 1 || aux->stride(1) == 1, "aux must have unit column stride, got strides ", aux->strides());
   }
-  if (m == 0 || n == 0) return;
+  if (column_sums) {
+    TORCH_CHECK(column_sums->dim() == 1 && column_sums->size(0) == n && column_sums->is_contiguous(),
+                "column_sums must be contiguous [", n, "], got ", column_sums->sizes());
+    check_matrix(column_sums->view({1, n}), "column_sums", a, "a", 1, n);
+  }
+  if (n == 0) return;
+  if (m == 0) {
+    if (column_sums) column_sums->zero_();
+    return;
+  }
   NK_DEVICE_GUARD(a);
   const Exec e = exec_for(a);
   // Split-K's workspace (weight gradients only): the partials are written before they are
@@ -434,7 +443,14 @@ void cuda_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& d, co
                    bias ? bias->data_ptr() : nullptr, aux ? aux->data_ptr() : nullptr, aux ? aux->stride(0) : 0,
                    m, n, k, ep, static_cast<nk::Gelu>(gelu), dtype, e.sm_count,
                    partials.defined() ? partials.data_ptr<float>() : nullptr,
-                   counters.defined() ? reinterpret_cast<unsigned*>(counters.data_ptr<int>()) : nullptr};
+                   counters.defined() ? reinterpret_cast<unsigned*>(counters.data_ptr<int>()) : nullptr,
+                   column_sums ? column_sums->data_ptr() : nullptr, nullptr};
+  // The fused column sums' workspace: every float is written before it is read.
+  at::Tensor columns;
+  if (column_sums) {
+    columns = at::empty({NK_DISPATCH(e, gemm_column_floats, m, n)}, a.options().dtype(at::kFloat));
+    p.columns = columns.data_ptr<float>();
+  }
   check_launch(NK_DISPATCH(e, gemm, p, e.stream), "gemm");
 }
 
@@ -475,7 +491,7 @@ TORCH_LIBRARY(nanogpt_kernels, m) {
   m.def("cuda_attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor(a!) dq, "
         "Tensor(b!) dk, Tensor(c!) dv, float scale, int dropout_threshold, float dropout_scale, int seed) -> ()");
   m.def("cuda_gemm(Tensor a, Tensor b, Tensor(a!) d, Tensor(b!)? d2, Tensor? bias, Tensor? aux, int epilogue, "
-        "int gelu) -> ()");
+        "int gelu, Tensor(c!)? column_sums=None) -> ()");
   m.def("cuda_column_sum(Tensor x, Tensor(a!) out) -> ()");
 }
 

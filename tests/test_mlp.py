@@ -93,8 +93,9 @@ def test_gpt2_width_and_many_rows(device, backend, M, C, H, dtype):
 def test_cuda_weight_gradients_split_k_same_bits_for_every_sm_count():
     """With 3100 tokens the weight-gradient GEMMs (K = tokens) split K into 3 chunks
     (csrc/mlp.cu, split_of), whatever the SM count, and the tile's last block adds them in chunk
-    order. The SM count picks the tiles (1 SM: 128x256; 5: 128x128 for dW2, too narrow to fill 5
-    SMs with 128x256; 1000: 64x64): the same bits, and right against float64 (the default 4 SMs)."""
+    order. The SM count picks the tiles (1 SM: 128x256 for dW2, 64x64 for dW1, whose 200 rows
+    fill 64x64 tiles with less padding; 1000: 64x64 for both): the same bits, and right against
+    float64 (the default 4 SMs). tests/harness/mlp_test.cu forces the other tiles on split-K."""
     from nanogpt_kernels import _C
 
     x, w1, b1, w2, b2, dy = make_inputs(3100, 48, 200, torch.bfloat16, "cpu", seed=5)
@@ -102,7 +103,7 @@ def test_cuda_weight_gradients_split_k_same_bits_for_every_sm_count():
     first = None
     try:
         # (chunks, M tiles, N tiles) of dW2 = dy^T A [48, 200] and dW1 = dP^T x [200, 48].
-        for sms, dw2, dw1 in ((1, [3, 1, 1], [3, 2, 1]), (5, [3, 1, 2], [3, 2, 1]), (1000, [3, 1, 4], [3, 4, 1])):
+        for sms, dw2, dw1 in ((1, [3, 1, 1], [3, 4, 1]), (1000, [3, 1, 4], [3, 4, 1])):
             _C.harness_instruments(launches=True, sm_count=sms)
             out = forward_backward(fn, (x, w1, b1, w2, b2), dy)
             grids = [launch["grid"] for launch in json.loads(_C.harness_records())["launches"]
@@ -119,7 +120,9 @@ def test_cuda_weight_gradients_split_k_same_bits_for_every_sm_count():
 def test_cuda_split_k_grids_at_gpt2_small():
     """GPT-2 small's weight gradients (768 x 3072 outputs, K = 12 x 1024 tokens) launch 8 K-chunks
     per 128x256 tile on A100 and H100 alike: 576 blocks at 1 block per SM, 89% and 87% wave
-    efficiency, where 72 unsplit tiles give 67% and 55%. The forward's GEMMs do not split."""
+    efficiency, where 72 unsplit tiles give 67% and 55%. The projection (12288 x 768, K = 3072)
+    does not split: 288 128x256 tiles on A100 (2.7 waves of 108), 384 192x128 ones on H100 (2.9
+    waves of 132, where 288 would be 2.2)."""
     from nanogpt_kernels import _C
 
     M, C, H = 12 * 1024, 768, 3072
@@ -137,7 +140,47 @@ def test_cuda_split_k_grids_at_gpt2_small():
         _C.harness_instruments()
     for sms, (dw, fwd) in grids.items():
         assert list(dw) == [8, 6, 12], (sms, dw)
-        assert list(fwd) == [96, 3, 1], (sms, fwd)
+    assert list(grids[108][1]) == [96, 3, 1] and list(grids[132][1]) == [64, 6, 1], grids
+
+
+@pytest.mark.parametrize("M", [0, 1, 130])
+def test_cuda_gemm_column_sums_are_the_sums_of_d_as_stored(M):
+    """The CUDA GEMM's fused column sums (db1 in the backward) against float64 sums of D as the
+    GEMM stored it, for every epilogue; M = 0: zeros; M = 130: three 64-row groups, the last
+    partial. Run twice: the same bits."""
+    gemm, _ = mlp_ops._kernels("cuda")
+    g = torch.Generator().manual_seed(M)
+    a, b = torch.randn(M, 40, generator=g).bfloat16(), torch.randn(40, 100, generator=g).bfloat16()
+    bias, aux = torch.randn(100, generator=g).bfloat16(), torch.randn(M, 100, generator=g).bfloat16()
+    for epilogue in ("none", "bias", "bias_gelu", "gelu_grad"):
+        runs = []
+        for _ in range(2):
+            d, d2, sums = torch.empty(M, 100, dtype=torch.bfloat16), torch.empty(M, 100, dtype=torch.bfloat16), \
+                torch.full((100,), float("nan"), dtype=torch.bfloat16)
+            gemm(a, b, d, epilogue=epilogue, bias=bias if epilogue in ("bias", "bias_gelu") else None,
+                 d2=d2 if epilogue in ("bias_gelu", "gelu_grad") else None,
+                 aux=aux if epilogue == "gelu_grad" else None, column_sums=sums)
+            runs.append(sums)
+        ref = d.double().sum(0)
+        err, tol = max_error(runs[0], ref), tolerance(d.float().sum(0).bfloat16(), ref, torch.bfloat16, backward=True)
+        assert err <= tol, f"{epilogue}: max error {err:.3g} > tolerance {tol:.3g}"
+        assert torch.equal(runs[0], runs[1]), epilogue
+
+
+def test_cuda_backward_sums_dp_in_the_epilogue():
+    """db1 comes from the epilogue of the GEMM that writes dP: the backward's only column sum
+    over a 16-bit matrix is dy's (db2); the others add the epilogue's float32 group sums."""
+    from nanogpt_kernels import _C
+
+    x, w1, _, w2, _, dy = make_inputs(200, 48, 192, torch.bfloat16, "cpu", seed=9)
+    try:
+        _C.harness_instruments(dry_run=True)
+        mlp_ops.gelu_mlp_bwd(dy, x, torch.empty(200, 192, dtype=torch.bfloat16), w1, w2, "none", "cuda")
+        kernels = [launch["kernel"] for launch in json.loads(_C.harness_records())["launches"]]
+    finally:
+        _C.harness_instruments()
+    sums = [k for k in kernels if "column_sum_partial_kernel" in k]
+    assert len(sums) == 2 and sum("<float>" in k for k in sums) == 1, kernels
 
 
 @pytest.mark.parametrize("backend", ["eager"] + KERNEL_BACKENDS)
@@ -228,6 +271,8 @@ def test_cpp_op_checks():
         torch.ops.nanogpt_kernels.cuda_gemm(a, b, torch.empty(4, 6), None, None, None, 2, 0)
     with pytest.raises(RuntimeError, match="epilogue must be"):
         torch.ops.nanogpt_kernels.cuda_gemm(a, b, torch.empty(4, 6), None, None, None, 7, 0)
+    with pytest.raises(RuntimeError, match=r"column_sums must be contiguous \[6\]"):
+        torch.ops.nanogpt_kernels.cuda_gemm(a, b, torch.empty(4, 6), None, None, None, 0, 0, torch.empty(5))
     with pytest.raises(RuntimeError, match="a must be row- or column-major"):
         torch.ops.nanogpt_kernels.cuda_gemm(torch.randn(8, 16)[::2, ::2], b, torch.empty(4, 6), None, None, None, 0, 0)
 

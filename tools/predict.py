@@ -153,7 +153,7 @@ _ARG_NAMES = {
     "cuda_layer_norm_bwd": ("dy", "xs", "weight", "mean", "rstd", "ds", "dx2_dtype"),
     "cuda_attention_fwd": ("q", "k", "v", "o", "lse"),
     "cuda_attention_bwd": ("do", "q", "k", "v", "o", "lse", "dq", "dk", "dv"),
-    "cuda_gemm": ("a", "b", "d", "d2", "bias", "aux"),
+    "cuda_gemm": ("a", "b", "d", "d2", "bias", "aux", "epilogue", "gelu", "column_sums"),
     "cuda_column_sum": ("x", "out"),
 }
 _OUT_NAMES = {"cuda_layer_norm_fwd": ("y", "s", "mean", "rstd"), "cuda_layer_norm_bwd": ("dx", "dx2", "dweight", "dbias")}
@@ -284,20 +284,24 @@ def resident_blocks(calls: list[Call], rows: dict, arch: str) -> dict:
 BANK_SAMPLE_BLOCKS = 2
 
 
-def record_banks(shapes: Shapes, ops=OPS) -> dict:
+def record_banks(shapes: Shapes, ops=OPS, sm_counts=(0,)) -> dict:
     """{kernel (report name): {instruction: conflict degree, wavefronts over the ideal}} of the
-    ldmatrix and cp.async requests of the first blocks of every launch at `shapes`."""
+    ldmatrix and cp.async requests of the first blocks of every launch at `shapes`, on each of
+    `sm_counts` SMs (launchers size their tiles by it, so each may launch other kernels)."""
     from nanogpt_kernels import _backend
     ext = _backend.load_extension()
-    ext.harness_instruments(banks=True, sample_blocks=BANK_SAMPLE_BLOCKS)
+    shared = []
     try:
-        _exercise(shapes, [op for op in ops if op != "init"], lambda op, phase: None)
-        shared = json.loads(ext.harness_records())["shared"]
+        for sm_count in sorted(set(sm_counts)):
+            ext.harness_instruments(banks=True, sample_blocks=BANK_SAMPLE_BLOCKS, sm_count=sm_count)
+            _exercise(shapes, [op for op in ops if op != "init"], lambda op, phase: None)
+            shared += json.loads(ext.harness_records())["shared"]
     finally:
         ext.harness_instruments()
     out = {}
     for r in shared:
-        out.setdefault(report_name(r["kernel"]), {})[r["instruction"]] = r["wavefronts"] / r["ideal"]
+        degrees = out.setdefault(report_name(r["kernel"]), {})
+        degrees[r["instruction"]] = max(degrees.get(r["instruction"], 0.0), r["wavefronts"] / r["ideal"])
     return out
 
 
@@ -381,6 +385,27 @@ def _split_k_chunks(launch: dict, M: int, N: int) -> int:
         return 1
     tiles = math.ceil(M / int(m[1])) * math.ceil(N / int(m[2]))
     return math.prod(launch["grid"]) // tiles
+
+
+# csrc/mlp.cu's kGroupRows: the rows of D each float32 row of a GEMM's fused column sums covers.
+MLP_GROUP_ROWS = 64
+
+
+def _column_sum_works(call: Call, launches: list, x_bytes: int, N: int) -> list[Work]:
+    """A column sum's launches (cuda_column_sum's, or those after a GEMM with fused column sums)
+    over x_bytes of rows: the partial kernel sums a slice of rows per column (independent
+    loads; CUDA: grid.y slices, Triton: a 1-D grid of slices x the final kernel's column
+    blocks); the final kernel sums the slices' fp32 partials like the LayerNorm reduce."""
+    out = N * call.tensors["column_sums" if call.name == "cuda_gemm" else "out"][1]
+    triton = bool(launches) and launches[0].get("source") == "triton"
+    if len(launches) > 1:
+        slices = launches[0]["grid"][0] // launches[1]["grid"][0] if triton else launches[0]["grid"][1]
+    else:
+        slices = 0
+    partials = slices * N * 4
+    return [Work(dram_bytes=x_bytes + partials, global_bytes=x_bytes + partials),
+            Work(dram_bytes=partials + out, global_bytes=partials + out,
+                 serial_round_trips=_reduce_steps(call, slices))][:len(launches)]
 
 
 def work(call: Call) -> list[Work]:
@@ -511,22 +536,24 @@ def work(call: Call) -> list[Work]:
             # tail after its main loop, left out of the round trips.
             gemm.dram_bytes += partials
             gemm.global_bytes += 2 * partials
-        return [gemm]
-    if call.name == "cuda_column_sum":
-        # The partial kernel sums a slice of rows per column (independent loads; CUDA: grid.y
-        # slices, Triton: a 1-D grid of slices x the final kernel's column blocks); the final
-        # kernel sums the slices' fp32 partials like the LayerNorm reduce.
-        N = call.tensors["out"][0][0]
-        if n > 1:
-            slices = (call.launches[0]["grid"][0] // call.launches[1]["grid"][0] if triton
-                      else call.launches[0]["grid"][1])
+        if "column_sums" not in call.tensors:
+            return [gemm]
+        # csrc/mlp.cu's fused column sums: the epilogue writes a float32 row per 64-row group of
+        # D, which the column-sum launches then add up; the fp32 GEMM sums the groups in a pass
+        # over D of its own.
+        groups = math.ceil(M / MLP_GROUP_ROWS)
+        columns = groups * N * 4
+        works, rest = [gemm], call.launches[1:]
+        if rest and "column_groups" in rest[0]["kernel"]:
+            d = _size(call, "d")
+            works.append(Work(dram_bytes=d + columns, global_bytes=d + columns))
+            rest = rest[1:]
         else:
-            slices = 0
-        partials = slices * N * 4
-        x = _size(call, "x")
-        return [Work(dram_bytes=x + partials, global_bytes=x + partials),
-                Work(dram_bytes=partials + _size(call, "out"), global_bytes=partials + _size(call, "out"),
-                     serial_round_trips=_reduce_steps(call, slices))][:n]
+            gemm.dram_bytes += columns
+            gemm.global_bytes += columns
+        return works + _column_sum_works(call, rest, columns, N)
+    if call.name == "cuda_column_sum":
+        return _column_sum_works(call, call.launches, _size(call, "x"), call.tensors["out"][0][0])
     if call.name == "cuda_attention_fwd":
         pairs, D = _causal_pairs(call)
         return [Work(flops=2 * 2.0 * pairs * D, dram_bytes=_all(call), global_bytes=_all(call))]
@@ -870,7 +897,8 @@ def predict(models=("gpt2", "gpt2-medium"), gpus=DEFAULT_GPUS, ops=OPS, rows=Non
     out = {"launches": [], "calls": [], "ops": [], "steps": []}
     for key in models:
         model = MODELS[key]
-        conflicts = record_banks(model.shapes, ops) if banks and "cuda" in backends else None
+        conflicts = (record_banks(model.shapes, ops, [gpu.sms for gpu in gpus])
+                     if banks and "cuda" in backends else None)
         for backend in backends:
             recorded = {}  # launches differ only by arch (occupancy, capability) and SM count
             for gpu in gpus:

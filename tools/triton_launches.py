@@ -152,7 +152,9 @@ def record_triton_step(shapes: predict.Shapes | predict.Model, ops=predict.OPS, 
             out = launcher(*args, **kwargs)
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
-            tensors = predict._tensors(name, [bound.arguments[a] for a in arg_names], out)
+            # A C++ op's argument the launcher lacks (cuda_gemm's column_sums) is absent, as None.
+            tensors = predict._tensors(name, [bound.arguments[a] if a in signature.parameters else None
+                                              for a in arg_names], out)
             calls.append(predict.Call(*current, name, tensors,
                                       [_launch(launch, configs[module], module, cc) for launch in launches[first:]]))
             return out

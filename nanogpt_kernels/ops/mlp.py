@@ -10,9 +10,11 @@ W1 = fc_weight [H, C], W2 = proj_weight [C, H]:
     forward    P = x W1^T + b1        GEMM, bias in the epilogue, which also writes A = gelu(P)
                y = A W2^T + b2        GEMM, bias in the epilogue; A is freed, P is saved
     backward   dP = (dy W2) * gelu'(P) GEMM, GELU derivative in the epilogue, which also
-                                      recomputes A = gelu(P) for the next product
+                                      recomputes A = gelu(P) for the next product and (CUDA)
+                                      sums the columns of dP as stored into db1
                dW2 = dy^T A, dW1 = dP^T x, dx = dP W1   plain GEMMs
-               db2, db1 = column sums of dy and dP, in a fixed order (deterministic)
+               db2 = column sums of dy (Triton: and db1 of dP, a pass of its own)
+    The column sums run in an order fixed by the shape (deterministic).
 
 Eager autograd saves P and A for every layer; this saves P only: one [M, H] tensor less.
 """
@@ -32,8 +34,8 @@ _EPILOGUES = {"none": 0, "bias": 1, "bias_gelu": 2, "gelu_grad": 3}
 _GELU_CODES = {"none": 0, "tanh": 1}
 
 
-def _cuda_gemm(a, b, d, *, epilogue, gelu="none", bias=None, d2=None, aux=None):
-    torch.ops.nanogpt_kernels.cuda_gemm(a, b, d, d2, bias, aux, _EPILOGUES[epilogue], _GELU_CODES[gelu])
+def _cuda_gemm(a, b, d, *, epilogue, gelu="none", bias=None, d2=None, aux=None, column_sums=None):
+    torch.ops.nanogpt_kernels.cuda_gemm(a, b, d, d2, bias, aux, _EPILOGUES[epilogue], _GELU_CODES[gelu], column_sums)
 
 
 def _cuda_column_sum(x, out):
@@ -95,7 +97,11 @@ def gelu_mlp_bwd(dy: Tensor, x: Tensor, pre: Tensor, fc_weight: Tensor, proj_wei
     fc_weight, proj_weight = _gemm_operand(fc_weight), _gemm_operand(proj_weight)
     M, H, C = x.shape[0], fc_weight.shape[0], proj_weight.shape[0]
     dpre, act = x.new_empty(M, H), x.new_empty(M, H)
-    gemm(dy, proj_weight, dpre, epilogue="gelu_grad", gelu=approximate, aux=pre.contiguous(), d2=act)
+    d_proj_bias, d_fc_bias = x.new_empty(C), x.new_empty(H)
+    # CUDA sums dP's columns in the epilogue that writes dP, from the tile in shared memory;
+    # Triton's GEMM has no such epilogue yet and reads dP again below.
+    fused = {"column_sums": d_fc_bias} if backend == "cuda" else {}
+    gemm(dy, proj_weight, dpre, epilogue="gelu_grad", gelu=approximate, aux=pre.contiguous(), d2=act, **fused)
     d_proj_weight = x.new_empty(C, H)
     gemm(dy.t(), act, d_proj_weight, epilogue="none")
     del act
@@ -103,9 +109,9 @@ def gelu_mlp_bwd(dy: Tensor, x: Tensor, pre: Tensor, fc_weight: Tensor, proj_wei
     gemm(dpre.t(), x, d_fc_weight, epilogue="none")
     dx = x.new_empty(M, C)
     gemm(dpre, fc_weight, dx, epilogue="none")
-    d_proj_bias, d_fc_bias = x.new_empty(C), x.new_empty(H)
     column_sum(dy, d_proj_bias)
-    column_sum(dpre, d_fc_bias)
+    if not fused:
+        column_sum(dpre, d_fc_bias)
     return dx, d_fc_weight, d_fc_bias, d_proj_weight, d_proj_bias
 
 

@@ -16,7 +16,8 @@
 //                                    two epilogues, every layout, and split-K on 128x256 tiles
 //                                    in one layout: for scripts/sanitize's TSan run
 //        mlp_test time M K N [path]  time one fp16 x W^T GEMM with the bias_gelu epilogue;
-//                                    path: auto (default), huge, large, small, unaligned
+//                                    path: auto (default), huge, tall, large, small,
+//                                    unaligned
 
 #include <chrono>
 #include <cmath>
@@ -133,8 +134,8 @@ struct Stats {
 };
 Stats g_stats[3];
 bool g_quick = false;
-// The bytes of D and D2 (padding included) as the last check_gemm left them.
-std::vector<unsigned char> g_last_d, g_last_d2;
+// The bytes of D and D2 (padding included) and of the column sums as the last check_gemm left them.
+std::vector<unsigned char> g_last_d, g_last_d2, g_last_sums;
 
 const char* epilogue_name(nk::Epilogue e) {
   switch (e) {
@@ -149,6 +150,7 @@ const char* path_name(GemmPath p) {
   switch (p) {
     case GemmPath::automatic: return "auto";
     case GemmPath::huge_tile: return "huge";
+    case GemmPath::tall_tile: return "tall";
     case GemmPath::large_tile: return "large";
     case GemmPath::small_tile: return "small";
     case GemmPath::unaligned: return "unaligned";
@@ -179,10 +181,12 @@ const Case kCases[] = {
     {17, 192, 48, true, GemmPath::automatic, 1, true},     // misaligned pointers: element-wise loads and stores
     {17, 48, 0, false, GemmPath::automatic, 0, true},      // K = 0: D = epilogue(0)
 };
-// Once per dtype and layout: several 128x128 and 128x256 blocks in both M and N, with tails
-// in M and N (400 = 256 + 144) and a ragged k-tile (K = 200 = 6 x 32 + 8).
+// Once per dtype and layout: several 128x128, 128x256 and 192x128 blocks in both M and N,
+// with tails in M and N (200 = 192 + 8, 400 = 256 + 144 = 3 x 128 + 16) and a ragged k-tile
+// (K = 200 = 6 x 32 + 8).
 const Case kLargeCases[] = {{200, 400, 200, true, GemmPath::large_tile, 0, false},
-                            {200, 400, 200, true, GemmPath::huge_tile, 0, false}};
+                            {200, 400, 200, true, GemmPath::huge_tile, 0, false},
+                            {200, 400, 200, true, GemmPath::tall_tile, 0, false}};
 
 // D = epilogue(A B) for one case, against the double reference.
 template <typename T>
@@ -209,10 +213,15 @@ bool check_gemm(bool a_kc, bool b_kc, nk::Epilogue ep, nk::Gelu form, const Case
   std::vector<float> partials((size_t)gemm_partials_floats(c.m, c.n, c.k, dt));
   poison(partials);
   std::vector<unsigned> counters((size_t)gemm_counters(c.m, c.n, c.k, dt), 0u);
+  // The fused column sums of D, on alternate cases too; their workspace poisoned like the partials.
+  avec<T> sums((size_t)c.n, nan_of<T>());
+  std::vector<float> columns((size_t)gemm_column_floats(c.m, c.n));
+  poison(columns);
   nk::GemmParams p{a.ptr(), a.stride_r(), a.stride_c(), b.ptr(), b.stride_r(), b.stride_c(), d.ptr(), d.ld,
                    use_d2 ? d2.ptr() : nullptr, d2.ld, use_bias ? bias.ptr() : nullptr,
                    ep == nk::Epilogue::gelu_grad ? aux.ptr() : nullptr, aux.ld, c.m, c.n, c.k, ep, form, dt,
-                   c.sm_count, partials.empty() ? nullptr : partials.data(), counters.empty() ? nullptr : counters.data()};
+                   c.sm_count, partials.empty() ? nullptr : partials.data(), counters.empty() ? nullptr : counters.data(),
+                   with_optional ? sums.data() : nullptr, columns.data()};
   char what[256];
   std::snprintf(what, sizeof what, "%s A %s B %s %s/%s %ldx%ldx%ld %s%s path %s, %d SMs, %ld K-chunks", dtype_name(dt),
                 a_kc ? "[m][k]" : "[k][m]", b_kc ? "[n][k]" : "[k][n]", epilogue_name(ep),
@@ -234,8 +243,11 @@ bool check_gemm(bool a_kc, bool b_kc, nk::Epilogue ep, nk::Gelu form, const Case
                   reinterpret_cast<const unsigned char*>(d.buf.data() + d.buf.size()));
   g_last_d2.assign(reinterpret_cast<const unsigned char*>(d2.buf.data()),
                    reinterpret_cast<const unsigned char*>(d2.buf.data() + d2.buf.size()));
+  g_last_sums.assign(reinterpret_cast<const unsigned char*>(sums.data()),
+                     reinterpret_cast<const unsigned char*>(sums.data() + sums.size()));
   digest(d.buf);
   digest(d2.buf);
+  digest(sums);
   if (!use_d2)
     for (const T& v : d2.buf) CHECK(is_nan_bits(v), "%s: wrote D2, which it should not", what);
 
@@ -289,6 +301,21 @@ bool check_gemm(bool a_kc, bool b_kc, nk::Epilogue ep, nk::Gelu form, const Case
       }
       st.outputs++;
     }
+  // Column sums of D as stored (what a separate column_sum over D would read), summed in fp32.
+  for (int64_t j = 0; j < c.n && with_optional; ++j) {
+    double want = 0.0, abs_sum = 0.0;
+    for (int64_t i = 0; i < c.m; ++i) {
+      const double v = to_float(d.buf[d.index(i, j)]);
+      want += v;
+      abs_sum += std::fabs(v);
+    }
+    const double got = to_float(sums[j]), tol = (c.m + 1) * 0x1p-24 * abs_sum + u * std::fabs(want) + kTiny;
+    CHECK(std::fabs(got - want) <= tol, "%s: column sum %ld = %.9g, want %.9g (tolerance %.3g)", what, (long)j, got,
+          want, tol);
+    st.sum_ratio = std::fmax(st.sum_ratio, std::fabs(got - want) / tol);
+  }
+  if (!with_optional)
+    for (const T& v : sums) CHECK(is_nan_bits(v), "%s: wrote column sums, which it should not", what);
   return true;
 }
 
@@ -314,8 +341,10 @@ bool test_gemm() {
   for (bool a_kc : {true, false})
     for (bool b_kc : {true, false})
       for (const Case& c : kLargeCases) {
-        // TSan's quick run: the 128x256 tiles in one layout (their barriers are the same in all).
+        // TSan's quick run: the 128x256 and 192x128 tiles in one layout each (their barriers are
+        // the same in all): 192x128 in the one whose A loads scatter over columns.
         if (g_quick && c.path == GemmPath::huge_tile && !(a_kc && b_kc)) continue;
+        if (g_quick && c.path == GemmPath::tall_tile && !(!a_kc && !b_kc)) continue;
         if (!check_gemm<T>(a_kc, b_kc, nk::Epilogue::gelu_grad, nk::Gelu::erf, c, true, rng)) return false;
       }
   return true;
@@ -339,24 +368,49 @@ bool test_split_k() {
     std::vector<Case> runs = {base};  // 1 SM: 128x256 tiles
     if (!g_quick) {
       Case c = base;
-      c.sm_count = 4;  // 128x128 tiles (3 blocks of 128x256 would leave SMs idle)
-      runs.push_back(c);
       c.sm_count = 1000;  // 64x64 tiles
       runs.push_back(c);
-      c.path = GemmPath::unaligned;  // element-wise loads into 64x64 tiles
-      runs.push_back(c);
+      for (GemmPath path : {GemmPath::tall_tile, GemmPath::large_tile, GemmPath::unaligned}) {
+        c.path = path;  // unaligned: element-wise loads into 64x64 tiles
+        runs.push_back(c);
+      }
     }
-    std::vector<unsigned char> first_d, first_d2;
+    std::vector<unsigned char> first_d, first_d2, first_sums;
     for (const Case& c : runs) {
       std::mt19937 rng(4242);
       if (!check_gemm<T>(kc, kc, ep, nk::Gelu::erf, c, true, rng)) return false;
       if (first_d.empty()) {
         first_d = g_last_d;
         first_d2 = g_last_d2;
+        first_sums = g_last_sums;
       }
-      CHECK(g_last_d == first_d && g_last_d2 == first_d2, "%s split-K, path %s, %d SMs: other bits than path %s",
+      CHECK(g_last_d == first_d && g_last_d2 == first_d2 && g_last_sums == first_sums, "%s split-K, path %s, %d SMs: other bits than path %s",
             dtype_name(dt), path_name(c.path), c.sm_count, path_name(runs[0].path));
     }
+  }
+  return true;
+}
+
+// The automatic tile choice (pick_tiles) on GPT-2 small's shapes and a few small ones, for an
+// H100's 132 SMs and an A100's 108: the figures its comment gives.
+bool test_tile_choice() {
+  struct Choice {
+    int64_t m, n, k;
+    int sm_count;
+    GemmPath want;
+  };
+  const Choice choices[] = {
+      {12288, 3072, 768, 132, GemmPath::huge_tile},   // fc: 1152 128x256 tiles, 97% of 9 waves
+      {12288, 768, 3072, 132, GemmPath::tall_tile},   // proj, dx: 384 192x128 tiles in 3 waves, not 288 in 2.2
+      {12288, 768, 3072, 108, GemmPath::huge_tile},   // A100: 288 in 2.7 waves, not 384 in 3.6
+      {768, 3072, 12288, 132, GemmPath::huge_tile},   // dW: 72 tiles x 8 K-chunks, 4.4 waves
+      {64, 768, 768, 132, GemmPath::small_tile},      // few tokens: 12 64x64 blocks
+      {1, 48, 100, 132, GemmPath::small_tile},
+  };
+  for (const Choice& c : choices) {
+    const GemmPath got = pick_tiles(c.m, c.n, split_of(c.m, c.n, c.k), c.sm_count);
+    CHECK(got == c.want, "%ldx%ldx%ld on %d SMs: %s tiles, want %s", (long)c.m, (long)c.n, (long)c.k, c.sm_count,
+          path_name(got), path_name(c.want));
   }
   return true;
 }
@@ -491,7 +545,8 @@ int main(int argc, char** argv) {
     GemmPath path = GemmPath::automatic;
     if (argc > 5) {
       const std::string s = argv[5];
-      path = s == "huge" ? GemmPath::huge_tile : s == "large" ? GemmPath::large_tile
+      path = s == "huge" ? GemmPath::huge_tile : s == "tall" ? GemmPath::tall_tile
+           : s == "large" ? GemmPath::large_tile
            : s == "small" ? GemmPath::small_tile
            : s == "unaligned" ? GemmPath::unaligned : GemmPath::automatic;
     }
@@ -501,7 +556,8 @@ int main(int argc, char** argv) {
     const char* name;
     bool (*fn)();
   };
-  const Test tests[] = {{"gemm_arguments", test_gemm_arguments}, {"column_sum", test_column_sum},
+  const Test tests[] = {{"gemm_arguments", test_gemm_arguments}, {"tile_choice", test_tile_choice},
+                        {"column_sum", test_column_sum},
                         {"gemm_f32", test_gemm_f32}, {"gemm_f16", test_gemm_f16}, {"gemm_bf16", test_gemm_bf16},
                         {"split_k_f16", test_split_k_f16}, {"split_k_bf16", test_split_k_bf16}};
   g_quick = argc > 1 && !std::strcmp(argv[1], "quick");
