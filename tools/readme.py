@@ -31,6 +31,8 @@ MAIN_LOOPS = (
     ("CUDA attention dQ", "cuda", "nk_cuda::attn::attn_bwd_dq_kernel<__nv_bfloat16, 64>"),
     ("CUDA GEMM, 128x256 tiles", "cuda",
      "nk_cuda::gemm_tc_kernel<__nv_bfloat16, nk_cuda::TileConfig<128, 256, 2, 4, 4, 1>, true, true, true>"),
+    ("CUDA GEMM, 192x128 tiles", "cuda",
+     "nk_cuda::gemm_tc_kernel<__nv_bfloat16, nk_cuda::TileConfig<192, 128, 4, 2, 4, 1>, true, true, true>"),
     ("CUDA GEMM, 128x128 tiles", "cuda",
      "nk_cuda::gemm_tc_kernel<__nv_bfloat16, nk_cuda::TileConfig<128, 128, 2, 4, 3, 2>, true, true, true>"),
     ("CUDA GEMM, 64x64 tiles", "cuda",
