@@ -144,10 +144,11 @@ __device__ __forceinline__ void store_tile(T* dst, int64_t ld, int64_t nrows, in
   }
 }
 
-// The column sum's first step (GemmParams::column_sums) over a ROWS x COLS tile of D as stored,
-// at d (rows ld apart), whose row 0 is row m0 of D, a multiple of kGroupRows: per 64-row group
-// and column, the group's rows summed in row order into columns[group][col]: the same order
-// whichever tiles the GEMM ran. Consecutive threads take consecutive columns.
+// The fused column sum's first step (GemmParams::column_sums) over a ROWS x COLS tile of D as
+// stored, at d (rows ld apart, in shared or global memory), whose row 0 is row m0 of D, a
+// multiple of kGroupRows: per 64-row group and column, the group's rows summed in row order
+// into columns[group][col]. 64 divides every tile's BM, so each group is summed by one block, in
+// the same order, whichever tiles run. Consecutive threads take consecutive columns.
 constexpr int kGroupRows = 64;
 
 template <typename T, int ROWS, int COLS, int THREADS>
@@ -162,7 +163,6 @@ __device__ __forceinline__ void sum_column_groups(const nk::GemmParams& p, const
     const T* x = d + (int64_t)group * kGroupRows * ld + col;
     // From the first row, not from 0.0f: 0 + (-0) would be +0.
     float s = to_float(x[0]);
-#pragma unroll 4
     for (int r = 1; r < rows; ++r) s += to_float(x[r * ld]);
     p.columns[row0 / kGroupRows * p.n + n0 + col] = s;
   }
@@ -524,10 +524,16 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) gemm_tc_kernel
   // stages' reuse below safe should the loop ever exit with a k-tile in flight.
   if constexpr (kAsync) cp_async_wait<0>();  // mutation: equivalent: only empty groups are in flight here
   __syncthreads();                           // every warp is done with the stages
+  // The epilogue's thread coordinates, for the one-block-per-SM tiles (up to 255 registers)
+  // from a fresh read of the thread index rather than the main loop's: HugeTile on sm_90a
+  // spilled a warp offset kept alive through the main loop for the epilogue. The other tiles
+  // reuse tid: there the fresh read cost their [k][m] x [k][n] main loops 2 instructions.
+  const int etid = Cfg::kMinBlocks == 1 ? (int)thread_index_again() : tid, ewarp = etid / 32, elane = etid % 32;
+  const int ewm = (ewarp / Cfg::WARPS_N) * Cfg::WM, ewn = (ewarp % Cfg::WARPS_N) * Cfg::WN;
   constexpr int kCLd = Cfg::BN + kPad;  // 272- or 144-byte rows: the pair writes below hit 32 banks
   static_assert(Cfg::BM * kCLd <= Cfg::STAGES * (A::kElems + B::kElems), "the D tile fits in the stages");
   T* cs = as;
-  const int g = lane / 4, t = lane % 4;
+  const int g = elane / 4, t = elane % 4;
   const bool second = writes_d2(p);
   // A thread's NI x 2 columns, their bias loaded once rather than for each of its 2 x MI rows
   // (the stores to the shared tile in between would keep nvcc from reusing the loads).
@@ -536,7 +542,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) gemm_tc_kernel
   for (int ni = 0; ni < Cfg::NI; ++ni)
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
-      const int64_t col = n0 + wn + ni * 8 + 2 * t + e;
+      const int64_t col = n0 + ewn + ni * 8 + 2 * t + e;
       bias[ni][e] = col < p.n ? bias_of<T>(p, col) : 0.0f;
     }
 #pragma unroll
@@ -545,7 +551,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) gemm_tc_kernel
     for (int ni = 0; ni < Cfg::NI; ++ni)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int r = wm + mi * 16 + g + 8 * h, c = wn + ni * 8 + 2 * t;
+        const int r = ewm + mi * 16 + g + 8 * h, c = ewn + ni * 8 + 2 * t;
         float d[2] = {0.0f, 0.0f}, d2[2] = {0.0f, 0.0f};
 #pragma unroll
         for (int e = 0; e < 2; ++e)  // AUX exists only inside the matrix
@@ -557,8 +563,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) gemm_tc_kernel
       }
   __syncthreads();
   const int64_t rows = p.m - m0, cols = p.n - n0;
+  // The tile as stored, in shared memory: its column sums cost no global reads (the separate
+  // column_sum pass re-read all of dP, 75 MB at GPT-2 small's 12288 tokens).
+  if (p.column_sums != nullptr) sum_column_groups<T, Cfg::BM, Cfg::BN, Cfg::kThreads>(p, cs, kCLd, m0, n0, etid);
   store_tile<T, Cfg::BM, Cfg::BN, Cfg::kThreads>(static_cast<T*>(p.d) + m0 * p.ldd + n0, p.ldd, rows, cols, cs,
-                                                 kCLd, aligned16(p.d) && p.ldd % 8 == 0, tid);
+                                                 kCLd, aligned16(p.d) && p.ldd % 8 == 0, etid);
   if (!second) return;
   __syncthreads();  // the D tile has been read
 #pragma unroll
@@ -567,11 +576,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) gemm_tc_kernel
     for (int ni = 0; ni < Cfg::NI; ++ni)
 #pragma unroll
       for (int h = 0; h < 2; ++h)
-        *reinterpret_cast<uint32_t*>(cs + (wm + mi * 16 + g + 8 * h) * kCLd + wn + ni * 8 + 2 * t) =
+        *reinterpret_cast<uint32_t*>(cs + (ewm + mi * 16 + g + 8 * h) * kCLd + ewn + ni * 8 + 2 * t) =
             pack2<T>(acc[mi][ni][2 * h], acc[mi][ni][2 * h + 1]);
   __syncthreads();
   store_tile<T, Cfg::BM, Cfg::BN, Cfg::kThreads>(static_cast<T*>(p.d2) + m0 * p.ldd2 + n0, p.ldd2, rows, cols, cs,
-                                                 kCLd, aligned16(p.d2) && p.ldd2 % 8 == 0, tid);
+                                                 kCLd, aligned16(p.d2) && p.ldd2 % 8 == 0, etid);
 }
 
 // ---- fp32 GEMM (SIMT) ----
@@ -648,16 +657,14 @@ __global__ void __launch_bounds__(kF32Threads) gemm_f32_kernel(nk::GemmParams p)
     }
 }
 
-// The column sum's first step, a pass over D after the GEMM: block (x, y) takes columns
-// [256 x, 256 x + 256) of row group y. (Summing the staged tile in the tensor-core epilogue
-// made the 128x256 kernels spill 4 bytes on sm_90a at 255 registers.)
+// The fused column sum's first step for the fp32 GEMM, which stores D straight from registers:
+// a pass over D, block (x, y) taking columns [256 x, 256 x + 256) of row group y.
 constexpr int kGroupCols = 256;
 
-template <typename T>
-__global__ void __launch_bounds__(kGroupCols) column_groups_kernel(nk::GemmParams p) {
+__global__ void __launch_bounds__(kGroupCols) column_groups_f32_kernel(nk::GemmParams p) {
   const int64_t m0 = (int64_t)blockIdx.y * kGroupRows, n0 = (int64_t)blockIdx.x * kGroupCols;
-  sum_column_groups<T, kGroupRows, kGroupCols, kGroupCols>(p, static_cast<const T*>(p.d) + m0 * p.ldd + n0, p.ldd,
-                                                           m0, n0, threadIdx.x);
+  sum_column_groups<float, kGroupRows, kGroupCols, kGroupCols>(p, static_cast<const float*>(p.d) + m0 * p.ldd + n0,
+                                                               p.ldd, m0, n0, threadIdx.x);
 }
 
 // ---- column sum ----
@@ -866,24 +873,17 @@ const char* gemm_on_path(const nk::GemmParams& p, void* stream, GemmPath path) {
   if ((p.n + 63) / 64 > kMaxGridYZ) return "gemm: n too large for the grid";
   auto s = static_cast<cudaStream_t>(stream);
   if (p.m > 0) {
-    const dim3 groups_grid((unsigned)cdiv(p.n, kGroupCols), (unsigned)cdiv(p.m, kGroupRows));
     const char* err = "gemm: unknown dtype";
     switch (p.dtype) {
       case nk::DType::f32:
         err = gemm_f32(p, s);
         if (err == nullptr && p.column_sums != nullptr)
-          err = status(launch_kernel(column_groups_kernel<float>, groups_grid, dim3(kGroupCols), 0, s, p));
+          err = status(launch_kernel(column_groups_f32_kernel,
+                                     dim3((unsigned)cdiv(p.n, kGroupCols), (unsigned)cdiv(p.m, kGroupRows)),
+                                     dim3(kGroupCols), 0, s, p));
         break;
-      case nk::DType::f16:
-        err = gemm_tc<__half>(p, path, s);
-        if (err == nullptr && p.column_sums != nullptr)
-          err = status(launch_kernel(column_groups_kernel<__half>, groups_grid, dim3(kGroupCols), 0, s, p));
-        break;
-      case nk::DType::bf16:
-        err = gemm_tc<__nv_bfloat16>(p, path, s);
-        if (err == nullptr && p.column_sums != nullptr)
-          err = status(launch_kernel(column_groups_kernel<__nv_bfloat16>, groups_grid, dim3(kGroupCols), 0, s, p));
-        break;
+      case nk::DType::f16: err = gemm_tc<__half>(p, path, s); break;
+      case nk::DType::bf16: err = gemm_tc<__nv_bfloat16>(p, path, s); break;
     }
     if (err != nullptr) return err;
   }

@@ -7,8 +7,8 @@
 //
 // The MLP, with x [M, C], W1 = fc_weight [H, C], W2 = proj_weight [C, H]:
 //   forward   P = x W1^T + b1 (kept for the backward), A = gelu(P) (transient), y = A W2^T + b2
-//   backward  dP = (dy W2) * gelu'(P), A recomputed alongside, db1 = colsum(dP) by the same
-//             gemm() call; dW2 = dy^T A; dW1 = dP^T x; dx = dP W1; db2 = colsum(dy)
+//   backward  dP = (dy W2) * gelu'(P), A recomputed alongside, db1 = colsum(dP) from the same
+//             epilogue; dW2 = dy^T A; dW1 = dP^T x; dx = dP W1; db2 = colsum(dy)
 #pragma once
 
 #include <cstdint>
@@ -55,10 +55,10 @@ struct GemmParams {
   // order. May be null when gemm_split_chunks is 1.
   float* partials;         // [gemm_partials_floats(m, n, k, dtype)]
   unsigned* counters;      // [gemm_counters(m, n, k, dtype)], zero at launch
-  // Column sums of D (db1 with dP), when column_sums is not null: column_sums[n] = the sum over
-  // m of D[m, n] as stored, in dtype, summed in fp32 in an order fixed by (m, n): a pass after
-  // the GEMM sums each 64-row group of D row by row into `columns`, whose group rows a second
-  // pass adds as column_sum adds rows. Same bits whichever tiles run.
+  // Fused column sum (db1 from the epilogue that writes dP), when column_sums is not null:
+  // column_sums[n] = the sum over m of D[m, n] as stored, in dtype, summed in fp32 in an order
+  // fixed by (m, n): the epilogue sums each 64-row group of D row by row into `columns`, whose
+  // group rows a second pass adds as column_sum adds rows. Same bits whichever tiles run.
   void* column_sums;       // [n] or null
   float* columns;          // [gemm_column_floats(m, n)] when column_sums is not null
 };

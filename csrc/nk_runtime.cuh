@@ -34,6 +34,20 @@
 
 namespace NK_NS {
 
+// threadIdx.x read again: nvcc merges plain reads of threadIdx into one value, kept in a
+// register from the first use to the last; this volatile read is never merged, so what a kernel
+// derives from it after a long main loop is recomputed there instead (a register freed in the
+// loop, where a kernel at 255 registers would spill it).
+__device__ __forceinline__ unsigned thread_index_again() {
+#ifdef __CUDACC__
+  unsigned t;
+  asm volatile("mov.u32 %0, %%tid.x;" : "=r"(t));
+  return t;
+#else
+  return threadIdx.x;
+#endif
+}
+
 // kernel<<<grid, block, smem, stream>>>(args...), returning the launch error.
 template <typename... KArgs, typename... Args>
 inline cudaError_t launch_kernel(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,

@@ -145,8 +145,8 @@ def test_cuda_split_k_grids_at_gpt2_small():
 
 @pytest.mark.parametrize("M", [0, 1, 130])
 def test_cuda_gemm_column_sums_are_the_sums_of_d_as_stored(M):
-    """The CUDA GEMM's column sums (db1 in the backward) against float64 sums of D as the GEMM
-    stored it, for every epilogue; M = 0: zeros; M = 130: three 64-row groups, the last
+    """The CUDA GEMM's fused column sums (db1 in the backward) against float64 sums of D as the
+    GEMM stored it, for every epilogue; M = 0: zeros; M = 130: three 64-row groups, the last
     partial. Run twice: the same bits."""
     gemm, _ = mlp_ops._kernels("cuda")
     g = torch.Generator().manual_seed(M)
@@ -167,9 +167,9 @@ def test_cuda_gemm_column_sums_are_the_sums_of_d_as_stored(M):
         assert torch.equal(runs[0], runs[1]), epilogue
 
 
-def test_cuda_backward_sums_dp_in_its_gemm_call():
-    """db1 comes from the GEMM call that writes dP: the backward's only column sum over a 16-bit
-    matrix is dy's (db2); the other adds the float32 64-row group sums of dP."""
+def test_cuda_backward_sums_dp_in_the_epilogue():
+    """db1 comes from the epilogue of the GEMM that writes dP: the backward's only column sum
+    over a 16-bit matrix is dy's (db2); the others add the epilogue's float32 group sums."""
     from nanogpt_kernels import _C
 
     x, w1, _, w2, _, dy = make_inputs(200, 48, 192, torch.bfloat16, "cpu", seed=9)

@@ -36,8 +36,8 @@ def launches(calls, op, phase):
 
 def test_every_op_and_phase_as_the_cuda_backend_calls_it(recorded):
     """The same C++ op names, in the same order, with the same tensors: predict.work reads both
-    backends alike. One difference: CUDA sums dP's columns (db1) in the GEMM call that writes
-    dP (its column_sums), Triton in a column sum call of its own over dP."""
+    backends alike. One difference: CUDA sums dP's columns (db1) in the epilogue of the GEMM
+    that writes dP (its column_sums), Triton in a column sum of its own over dP."""
     _, calls = recorded
     assert {(c.op, c.phase) for c in calls} == {(op, phase) for op in ("layernorm", "attention", "mlp")
                                                 for phase in predict.PHASES} | {("init", "forward")}

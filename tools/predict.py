@@ -538,8 +538,9 @@ def work(call: Call) -> list[Work]:
             gemm.global_bytes += 2 * partials
         if "column_sums" not in call.tensors:
             return [gemm]
-        # csrc/mlp.cu's column sums of D: a pass over D writes a float32 row per 64-row group,
-        # which the column-sum launches then add up.
+        # csrc/mlp.cu's fused column sums: the epilogue writes a float32 row per 64-row group of
+        # D, which the column-sum launches then add up; the fp32 GEMM sums the groups in a pass
+        # over D of its own.
         groups = math.ceil(M / MLP_GROUP_ROWS)
         columns = groups * N * 4
         works, rest = [gemm], call.launches[1:]

@@ -10,8 +10,8 @@ W1 = fc_weight [H, C], W2 = proj_weight [C, H]:
     forward    P = x W1^T + b1        GEMM, bias in the epilogue, which also writes A = gelu(P)
                y = A W2^T + b2        GEMM, bias in the epilogue; A is freed, P is saved
     backward   dP = (dy W2) * gelu'(P) GEMM, GELU derivative in the epilogue, which also
-                                      recomputes A = gelu(P) for the next product; (CUDA)
-                                      the same call sums dP's columns into db1
+                                      recomputes A = gelu(P) for the next product and (CUDA)
+                                      sums the columns of dP as stored into db1
                dW2 = dy^T A, dW1 = dP^T x, dx = dP W1   plain GEMMs
                db2 = column sums of dy (Triton: and db1 of dP, a pass of its own)
     The column sums run in an order fixed by the shape (deterministic).
@@ -98,8 +98,8 @@ def gelu_mlp_bwd(dy: Tensor, x: Tensor, pre: Tensor, fc_weight: Tensor, proj_wei
     M, H, C = x.shape[0], fc_weight.shape[0], proj_weight.shape[0]
     dpre, act = x.new_empty(M, H), x.new_empty(M, H)
     d_proj_bias, d_fc_bias = x.new_empty(C), x.new_empty(H)
-    # CUDA's GEMM call sums dP's columns itself (64-row groups, then the groups in order);
-    # Triton's takes no column_sums yet: a column sum of its own below.
+    # CUDA sums dP's columns in the epilogue that writes dP, from the tile in shared memory;
+    # Triton's GEMM has no such epilogue yet and reads dP again below.
     fused = {"column_sums": d_fc_bias} if backend == "cuda" else {}
     gemm(dy, proj_weight, dpre, epilogue="gelu_grad", gelu=approximate, aux=pre.contiguous(), d2=act, **fused)
     d_proj_weight = x.new_empty(C, H)
