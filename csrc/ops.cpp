@@ -438,19 +438,18 @@ void cuda_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& d, co
     partials = at::empty({NK_DISPATCH(e, gemm_partials_floats, m, n, k, dtype)}, a.options().dtype(at::kFloat));
     counters = at::zeros({NK_DISPATCH(e, gemm_counters, m, n, k, dtype)}, a.options().dtype(at::kInt));
   }
+  // The fused column sums' workspace: every float is written before it is read.
+  at::Tensor columns;
+  if (column_sums)
+    columns = at::empty({NK_DISPATCH(e, gemm_column_floats, m, n)}, a.options().dtype(at::kFloat));
   nk::GemmParams p{a.data_ptr(), a.stride(0), a.stride(1), b.data_ptr(), b.stride(0), b.stride(1),
                    d.data_ptr(), d.stride(0), d2 ? d2->data_ptr() : nullptr, d2 ? d2->stride(0) : 0,
                    bias ? bias->data_ptr() : nullptr, aux ? aux->data_ptr() : nullptr, aux ? aux->stride(0) : 0,
                    m, n, k, ep, static_cast<nk::Gelu>(gelu), dtype, e.sm_count,
                    partials.defined() ? partials.data_ptr<float>() : nullptr,
                    counters.defined() ? reinterpret_cast<unsigned*>(counters.data_ptr<int>()) : nullptr,
-                   column_sums ? column_sums->data_ptr() : nullptr, nullptr};
-  // The fused column sums' workspace: every float is written before it is read.
-  at::Tensor columns;
-  if (column_sums) {
-    columns = at::empty({NK_DISPATCH(e, gemm_column_floats, m, n)}, a.options().dtype(at::kFloat));
-    p.columns = columns.data_ptr<float>();
-  }
+                   column_sums ? column_sums->data_ptr() : nullptr,
+                   columns.defined() ? columns.data_ptr<float>() : nullptr};
   check_launch(NK_DISPATCH(e, gemm, p, e.stream), "gemm");
 }
 

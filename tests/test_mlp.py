@@ -169,7 +169,7 @@ def test_cuda_gemm_column_sums_are_the_sums_of_d_as_stored(M):
 
 def test_cuda_backward_sums_dp_in_the_epilogue():
     """db1 comes from the epilogue of the GEMM that writes dP: the backward's only column sum
-    over a 16-bit matrix is dy's (db2); the others add the epilogue's float32 group sums."""
+    over a 16-bit matrix is dy's (db2); the other adds the epilogue's float32 group sums."""
     from nanogpt_kernels import _C
 
     x, w1, _, w2, _, dy = make_inputs(200, 48, 192, torch.bfloat16, "cpu", seed=9)
